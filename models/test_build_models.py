@@ -1,0 +1,89 @@
+"""Tests of the model tooling; they run where PyTorch and onnxruntime are installed
+(`pip install -r models/requirements.txt && pytest models`). CI does not install PyTorch: the
+committed models serve the Rust side, and tests/parity.rs checks them against fixtures made here."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import build_models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def random_build(tmp_path_factory):
+    """The `--weights random` path end to end: the same code the ImageNet path runs, minus the download."""
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run(
+        [sys.executable, str(HERE / "build_models.py"), "build", "--weights", "random", "--prefix", "random",
+         "--calibration", "8", "--out", str(out)],
+        check=True,
+    )
+    return out
+
+
+def test_manifests_describe_their_models(random_build):
+    for precision in ("fp32", "int8"):
+        manifest = json.loads((random_build / f"random-resnet50-{precision}.manifest.json").read_text())
+        model = random_build / manifest["model_file"]
+        assert manifest["format"] == "fashion-kiosk-model/1"
+        assert manifest["precision"] == precision
+        assert manifest["sha256"] == build_models.sha256(model)
+        assert manifest["output"] == {"name": "embedding", "dim": 2048}
+        assert manifest["input"]["width"] == manifest["input"]["height"] == 224
+        assert "random weights" in manifest["provenance"]["weights"]
+
+
+def test_int8_model_uses_integer_convolutions_and_tracks_fp32(random_build):
+    import numpy as np
+    import onnx
+
+    int8 = onnx.load(str(random_build / "random-resnet50-int8.onnx"))
+    ops = {n.op_type for n in int8.graph.node}
+    assert "QLinearConv" in ops and "Conv" not in ops
+    assert all(n.domain in ("", "ai.onnx") for n in int8.graph.node), "tract cannot run com.microsoft ops"
+
+    images = build_models.calibration_images(build_models.DEFAULT_IMAGES, build_models.DEFAULT_LABELS, 4)
+    x = build_models.preprocess(images[0])
+    outputs = {}
+    for precision in ("fp32", "int8"):
+        session = onnxruntime.InferenceSession(str(random_build / f"random-resnet50-{precision}.onnx"),
+                                               providers=["CPUExecutionProvider"])
+        outputs[precision] = session.run(None, {"image": x})[0].reshape(-1)
+    a, b = outputs["fp32"], outputs["int8"]
+    assert a.shape == (2048,)
+    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert cosine > 0.9, cosine
+
+
+def test_fp16_weight_storage_halves_the_file_and_keeps_the_output(tmp_path):
+    import numpy as np
+
+    net = build_models.load_backbone("random", build_models.DEFAULT_CHECKPOINT)
+    full, half = tmp_path / "full.onnx", tmp_path / "half.onnx"
+    build_models.export_fp32(net, full)
+    build_models.store_weights_as_fp16(full, half)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    run = lambda p: onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    a, b = run(full).reshape(-1), run(half).reshape(-1)
+    assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) > 0.999
+
+
+def test_preprocess_takes_the_centred_square(tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (300, 100), (0, 0, 0))
+    img.paste((255, 255, 255), (100, 0, 200, 100))
+    img.save(tmp_path / "wide.png")
+    x = build_models.preprocess(tmp_path / "wide.png")
+    assert x.shape == (1, 3, 224, 224)
+    white = (1.0 - 0.485) / 0.229
+    assert abs(float(x[0, 0].mean()) - white) < 1e-3
