@@ -1,0 +1,237 @@
+//! `bench`: median/min/max latency of each scan stage (decode + preprocess, embed per model and
+//! thread count, search at the table's size) and peak memory, with models run in turn in one
+//! process so their ratio is a fair comparison.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+
+use crate::catalogue::Table;
+use crate::model::Embedder;
+use crate::preprocess::{decode_file, Region};
+
+/// What to measure.
+pub struct BenchJob {
+    pub models: Vec<PathBuf>,
+    pub table: Option<PathBuf>,
+    pub image: PathBuf,
+    pub runs: usize,
+    pub threads: Vec<usize>,
+    /// Also print where each model spends its time, by operator type.
+    pub profile: bool,
+}
+
+/// Summary of one measured stage.
+#[derive(Debug, Clone)]
+pub struct Stats {
+    pub median: Duration,
+    pub min: Duration,
+    pub max: Duration,
+    pub runs: usize,
+}
+
+impl Stats {
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let n = samples.len();
+        let median = if n % 2 == 1 {
+            samples[n / 2]
+        } else {
+            (samples[n / 2 - 1] + samples[n / 2]) / 2
+        };
+        Self {
+            median,
+            min: samples[0],
+            max: samples[n - 1],
+            runs: n,
+        }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "median {:8.2} ms  min {:8.2}  max {:8.2}  ({} runs)",
+            ms(self.median),
+            ms(self.min),
+            ms(self.max),
+            self.runs
+        )
+    }
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
+    let start = Instant::now();
+    let value = f()?;
+    Ok((start.elapsed(), value))
+}
+
+/// Runs the benchmark and prints one line per stage.
+pub fn run(job: &BenchJob) -> Result<()> {
+    ensure!(job.runs >= 1, "--runs must be at least 1");
+    ensure!(!job.models.is_empty(), "give at least one --model");
+    let embedders: Vec<Embedder> = job
+        .models
+        .iter()
+        .map(|m| Embedder::load(m))
+        .collect::<Result<_>>()?;
+    println!(
+        "fashion-kiosk bench: {} runs each, image {}, {} on {}",
+        job.runs,
+        job.image.display(),
+        std::env::consts::ARCH,
+        cpu_name()
+    );
+
+    // Decode + preprocess with the first model's input spec.
+    let mut session = embedders[0].session()?;
+    let mut decode = Vec::new();
+    let mut preprocess = Vec::new();
+    for _ in 0..job.runs {
+        let (d, image) = time(|| decode_file(&job.image))?;
+        let (p, ()) = time(|| session.preprocess(&image, Region::Whole))?;
+        decode.push(d);
+        preprocess.push(p);
+    }
+    println!("{:<44} {}", "decode", Stats::of(decode));
+    println!(
+        "{:<44} {}",
+        "preprocess (crop, resize, normalise)",
+        Stats::of(preprocess)
+    );
+
+    let image = decode_file(&job.image)?;
+    for &threads in &job.threads {
+        let executor = executor(threads);
+        let mut sessions: Vec<_> = embedders
+            .iter()
+            .map(|e| e.session())
+            .collect::<Result<_>>()?;
+        let mut samples = vec![Vec::new(); embedders.len()];
+        tract_linalg::multithread::multithread_tract_scope(executor, || -> Result<()> {
+            for session in sessions.iter_mut() {
+                session.embed_image(&image, Region::Whole)?; // warm-up
+            }
+            // Interleave models run by run so both see the same machine state.
+            for _ in 0..job.runs {
+                for (session, samples) in sessions.iter_mut().zip(samples.iter_mut()) {
+                    session.preprocess(&image, Region::Whole)?;
+                    let (d, _) = time(|| session.embed_prepared())?;
+                    samples.push(d);
+                }
+            }
+            Ok(())
+        })?;
+        let stats: Vec<Stats> = samples.into_iter().map(Stats::of).collect();
+        for (embedder, stats) in embedders.iter().zip(&stats) {
+            let label = format!(
+                "embed {} ({}, {} thread{})",
+                embedder.manifest().name,
+                embedder.manifest().precision,
+                threads,
+                if threads == 1 { "" } else { "s" }
+            );
+            println!("{label:<44} {stats}");
+        }
+        for (i, a) in embedders.iter().enumerate() {
+            for (j, b) in embedders.iter().enumerate().skip(i + 1) {
+                println!(
+                    "{:<44} {:.2}x  ({} thread{})",
+                    format!(
+                        "speed {} vs {}",
+                        a.manifest().precision,
+                        b.manifest().precision
+                    ),
+                    stats[j].median.as_secs_f64() / stats[i].median.as_secs_f64(),
+                    threads,
+                    if threads == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+
+    if job.profile {
+        for embedder in &embedders {
+            profile(embedder, &image, job.runs)?;
+        }
+    }
+
+    if let Some(path) = &job.table {
+        let table = Table::load(path)?;
+        let query = table.vector(0);
+        let mut samples = Vec::new();
+        for _ in 0..job.runs {
+            let (d, _) = time(|| table.nearest(&query, 5, None))?;
+            samples.push(d);
+        }
+        let label = format!(
+            "search top-5 of {} items ({})",
+            table.len(),
+            table.element().name()
+        );
+        println!("{label:<44} {}", Stats::of(samples));
+    }
+    if let Some(peak) = peak_rss_kib() {
+        println!("{:<44} {:.1} MiB", "peak RSS", peak as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Prints the ten operator types that take the most time in `embedder`, single-threaded.
+fn profile(embedder: &Embedder, image: &image::RgbImage, runs: usize) -> Result<()> {
+    let mut session = embedder.session()?;
+    session.preprocess(image, Region::Whole)?;
+    let mut totals = HashMap::new();
+    for _ in 0..runs {
+        session.profile_prepared(&mut totals)?;
+    }
+    let mut by_time: Vec<_> = totals.into_iter().collect();
+    by_time.sort_by_key(|(_, time)| std::cmp::Reverse(*time));
+    let total: Duration = by_time.iter().map(|(_, d)| *d).sum();
+    println!(
+        "profile {} (1 thread, mean per run):",
+        embedder.manifest().name
+    );
+    for (op, time) in by_time.iter().take(10) {
+        println!(
+            "  {op:<40} {:8.2} ms  {:5.1}%",
+            ms(*time) / runs as f64,
+            100.0 * time.as_secs_f64() / total.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn executor(threads: usize) -> tract_linalg::multithread::Executor {
+    if threads <= 1 {
+        tract_linalg::multithread::Executor::SingleThread
+    } else {
+        tract_linalg::multithread::Executor::multithread(threads)
+    }
+}
+
+/// Peak resident set size of this process (Linux), in KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}

@@ -1,0 +1,711 @@
+//! The catalogue embedding table: a versioned binary file of item ids, metadata and L2-normalised
+//! vectors, written atomically, loaded by mmap, validated on load, searched exactly for the top k.
+//!
+//! # File format, version 1 (all integers little-endian)
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 8 | magic `FKTABLE\0` |
+//! | 8 | 4 | format version (1) |
+//! | 12 | 4 | element type: 1 = f16, 2 = i8 with one f32 scale per vector, 3 = f32 |
+//! | 16 | 4 | dim |
+//! | 20 | 4 | count |
+//! | 24 | 32 | model fingerprint: SHA-256 of the model file that made the vectors |
+//! | 56 | 8 | records offset |
+//! | 64 | 8 | records length |
+//! | 72 | 8 | vectors offset (a multiple of 64) |
+//! | 80 | 8 | vectors length |
+//! | 88 | 4 | CRC-32 of every byte from the records offset to the end of the file |
+//! | 92 | 4 | CRC-32 of bytes 0..92 |
+//! | 96 | 32 | reserved, zero |
+//!
+//! Records (UTF-8 JSON): `{"columns":[names],"items":[{"id","source","digest","metadata":[values]}]}`
+//! where `source` is the image file the vector came from and `digest` the SHA-256 of its bytes
+//! (used to re-embed only new or changed images).
+//!
+//! Vectors: for f16 and f32, `count × dim` values, row-major. For i8, `count` f32 scales, zero
+//! padding to a multiple of 64 bytes, then `count × dim` signed bytes; value = byte × scale.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Fingerprint;
+
+const MAGIC: &[u8; 8] = b"FKTABLE\0";
+/// The table format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 128;
+const ALIGN: usize = 64;
+
+/// How vectors are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Element {
+    /// Half precision: 2 bytes a value.
+    F16,
+    /// Signed bytes with one f32 scale per vector: 1 byte a value.
+    I8,
+    /// Single precision: 4 bytes a value (reference tables for measuring the others).
+    F32,
+}
+
+impl Element {
+    fn code(self) -> u32 {
+        match self {
+            Element::F16 => 1,
+            Element::I8 => 2,
+            Element::F32 => 3,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Element::F16),
+            2 => Some(Element::I8),
+            3 => Some(Element::F32),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Element::F16 => "f16",
+            Element::I8 => "i8",
+            Element::F32 => "f32",
+        }
+    }
+}
+
+/// One catalogue item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub id: String,
+    /// The image file (relative to the catalogue folder) the vector was made from.
+    pub source: String,
+    /// SHA-256 (hex) of that file's bytes when it was embedded.
+    pub digest: String,
+    /// One value per table column.
+    pub metadata: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Records {
+    columns: Vec<String>,
+    items: Vec<Item>,
+}
+
+/// A table being built in memory: items plus their (already L2-normalised) vectors.
+pub struct TableBuilder {
+    pub fingerprint: Fingerprint,
+    pub dim: usize,
+    pub columns: Vec<String>,
+    items: Vec<Item>,
+    vectors: Vec<f32>,
+}
+
+impl TableBuilder {
+    pub fn new(fingerprint: Fingerprint, dim: usize, columns: Vec<String>) -> Self {
+        Self {
+            fingerprint,
+            dim,
+            columns,
+            items: Vec::new(),
+            vectors: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, item: Item, vector: &[f32]) -> Result<()> {
+        ensure!(
+            vector.len() == self.dim,
+            "vector for item {} has {} values, the table holds {}",
+            item.id,
+            vector.len(),
+            self.dim
+        );
+        ensure!(
+            item.metadata.len() == self.columns.len(),
+            "item {} has {} metadata values for {} columns",
+            item.id,
+            item.metadata.len(),
+            self.columns.len()
+        );
+        self.items.push(item);
+        self.vectors.extend_from_slice(vector);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Encodes the table in `element` form and writes it atomically: a temporary file in the same
+    /// folder, fsync, rename over `path`, fsync of the folder. A failure leaves `path` untouched.
+    pub fn write(&self, path: &Path, element: Element) -> Result<()> {
+        let bytes = self
+            .encode(element)
+            .with_context(|| format!("cannot encode table {}", path.display()))?;
+        write_atomically(path, &bytes)
+    }
+
+    fn encode(&self, element: Element) -> Result<Vec<u8>> {
+        let count = self.items.len();
+        let records = serde_json::to_vec(&Records {
+            columns: self.columns.clone(),
+            items: self.items.clone(),
+        })?;
+        let vectors = encode_vectors(&self.vectors, self.dim, element);
+        let records_offset = HEADER_LEN;
+        let vectors_offset = align(records_offset + records.len());
+        let mut out = vec![0u8; vectors_offset];
+        out[records_offset..records_offset + records.len()].copy_from_slice(&records);
+        out.extend_from_slice(&vectors);
+
+        let header = &mut out[..HEADER_LEN];
+        header[0..8].copy_from_slice(MAGIC);
+        put_u32(header, 8, FORMAT_VERSION);
+        put_u32(header, 12, element.code());
+        put_u32(header, 16, u32::try_from(self.dim)?);
+        put_u32(header, 20, u32::try_from(count)?);
+        header[24..56].copy_from_slice(&self.fingerprint.0);
+        put_u64(header, 56, records_offset as u64);
+        put_u64(header, 64, records.len() as u64);
+        put_u64(header, 72, vectors_offset as u64);
+        put_u64(header, 80, vectors.len() as u64);
+        let body_crc = crc32fast::hash(&out[records_offset..]);
+        put_u32(&mut out, 88, body_crc);
+        let header_crc = crc32fast::hash(&out[..92]);
+        put_u32(&mut out, 92, header_crc);
+        Ok(out)
+    }
+}
+
+fn encode_vectors(vectors: &[f32], dim: usize, element: Element) -> Vec<u8> {
+    match element {
+        Element::F32 => vectors.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Element::F16 => vectors
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        Element::I8 => {
+            let count = vectors.len() / dim.max(1);
+            let mut scales = Vec::with_capacity(align(count * 4));
+            let mut codes = Vec::with_capacity(vectors.len());
+            for row in vectors.chunks_exact(dim) {
+                let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                scales.extend_from_slice(&scale.to_le_bytes());
+                codes.extend(
+                    row.iter()
+                        .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8 as u8),
+                );
+            }
+            scales.resize(align(count * 4), 0);
+            scales.extend_from_slice(&codes);
+            scales
+        }
+    }
+}
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(buf: &mut [u8], at: usize, v: u64) {
+    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename, fsync of
+/// the folder), so readers see the old file or the new one, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable.
+        File::open(&dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A loaded, validated table. The vectors stay in the memory-mapped file.
+pub struct Table {
+    path: PathBuf,
+    fingerprint: Fingerprint,
+    element: Element,
+    dim: usize,
+    columns: Vec<String>,
+    items: Vec<Item>,
+    map: Mmap,
+    vectors_offset: usize,
+}
+
+/// One search result: the item's index in the table and its cosine similarity to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub index: usize,
+    pub score: f32,
+}
+
+impl Table {
+    /// Maps and validates a table file. Every error names the file and what is wrong with it.
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::load_inner(path).with_context(|| format!("cannot load table {}", path.display()))
+    }
+
+    fn load_inner(path: &Path) -> Result<Self> {
+        let file = File::open(path)?;
+        // SAFETY: tables are replaced by rename, never modified in place, so the mapped file
+        // does not change under us.
+        let map = unsafe { Mmap::map(&file)? };
+        ensure!(
+            map.len() >= HEADER_LEN,
+            "file is {} bytes, shorter than the {HEADER_LEN}-byte header (truncated or not a table)",
+            map.len()
+        );
+        ensure!(&map[0..8] == MAGIC, "not a fashion-kiosk table (bad magic)");
+        let version = get_u32(&map, 8);
+        ensure!(
+            version == FORMAT_VERSION,
+            "table format version {version}, this build reads version {FORMAT_VERSION}: rebuild it with `fashion-kiosk index`"
+        );
+        ensure!(
+            crc32fast::hash(&map[..92]) == get_u32(&map, 92),
+            "header checksum mismatch (corrupt file)"
+        );
+        let element = Element::from_code(get_u32(&map, 12))
+            .with_context(|| format!("unknown element type {}", get_u32(&map, 12)))?;
+        let dim = get_u32(&map, 16) as usize;
+        let count = get_u32(&map, 20) as usize;
+        ensure!(dim > 0, "dim is 0");
+        let fingerprint = Fingerprint(map[24..56].try_into().expect("32 bytes"));
+        let records_offset = get_u64(&map, 56) as usize;
+        let records_len = get_u64(&map, 64) as usize;
+        let vectors_offset = get_u64(&map, 72) as usize;
+        let vectors_len = get_u64(&map, 80) as usize;
+        let expected_vectors = match element {
+            Element::F16 => count * dim * 2,
+            Element::F32 => count * dim * 4,
+            Element::I8 => align(count * 4) + count * dim,
+        };
+        ensure!(
+            records_offset == HEADER_LEN
+                && vectors_offset == align(records_offset + records_len)
+                && vectors_len == expected_vectors,
+            "section sizes do not fit {count} vectors of {dim} {} values",
+            element.name()
+        );
+        ensure!(
+            map.len() == vectors_offset + vectors_len,
+            "file is {} bytes, expected {} (truncated or padded)",
+            map.len(),
+            vectors_offset + vectors_len
+        );
+        ensure!(
+            crc32fast::hash(&map[records_offset..]) == get_u32(&map, 88),
+            "data checksum mismatch (corrupt file)"
+        );
+        let records: Records =
+            serde_json::from_slice(&map[records_offset..records_offset + records_len])
+                .context("item records are not valid")?;
+        ensure!(
+            records.items.len() == count,
+            "header says {count} items, records hold {}",
+            records.items.len()
+        );
+        if let Some(item) = records
+            .items
+            .iter()
+            .find(|item| item.metadata.len() != records.columns.len())
+        {
+            bail!(
+                "item {} has {} metadata values for {} columns",
+                item.id,
+                item.metadata.len(),
+                records.columns.len()
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            fingerprint,
+            element,
+            dim,
+            columns: records.columns,
+            items: records.items,
+            map,
+            vectors_offset,
+        })
+    }
+
+    /// Refuses the table unless it was made by the model with `fingerprint`; the message names
+    /// both files.
+    pub fn ensure_model(&self, fingerprint: Fingerprint, manifest: &Path) -> Result<()> {
+        if self.fingerprint != fingerprint {
+            bail!(
+                "table {} was built by model {}, but the loaded model {} is {}: rebuild the table with `fashion-kiosk index --model {}`",
+                self.path.display(),
+                self.fingerprint.short(),
+                manifest.display(),
+                fingerprint.short(),
+                manifest.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+    pub fn element(&self) -> Element {
+        self.element
+    }
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+    pub fn items(&self) -> &[Item] {
+        &self.items
+    }
+    /// Bytes of vector storage.
+    pub fn vector_bytes(&self) -> usize {
+        self.map.len() - self.vectors_offset
+    }
+
+    /// The stored vector of item `index`, decoded to f32.
+    pub fn vector(&self, index: usize) -> Vec<f32> {
+        let mut out = vec![0.0; self.dim];
+        self.decode_into(index, &mut out);
+        out
+    }
+
+    fn decode_into(&self, index: usize, out: &mut [f32]) {
+        let data = &self.map[self.vectors_offset..];
+        let dim = self.dim;
+        match self.element {
+            Element::F32 => {
+                let row = &data[index * dim * 4..(index + 1) * dim * 4];
+                for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {
+                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
+                }
+            }
+            Element::F16 => self.f16_row(index).convert_to_f32_slice(out),
+            Element::I8 => {
+                let (scale, codes) = self.i8_row(index);
+                for (o, c) in out.iter_mut().zip(codes) {
+                    *o = *c as f32 * scale;
+                }
+            }
+        }
+    }
+
+    fn f16_row(&self, index: usize) -> &[f16] {
+        let data = &self.map[self.vectors_offset..];
+        let bytes = &data[index * self.dim * 2..(index + 1) * self.dim * 2];
+        // The vectors offset is 64-aligned in a page-aligned map, so the cast is aligned.
+        bytemuck::cast_slice(bytes)
+    }
+
+    fn i8_row(&self, index: usize) -> (f32, &[i8]) {
+        let data = &self.map[self.vectors_offset..];
+        let count = self.items.len();
+        let scale = f32::from_le_bytes(data[index * 4..index * 4 + 4].try_into().expect("4 bytes"));
+        let start = align(count * 4) + index * self.dim;
+        (scale, bytemuck::cast_slice(&data[start..start + self.dim]))
+    }
+
+    /// Exact top-`k` by cosine similarity (vectors are unit length, so the dot product) between
+    /// `query` and every item, best first. `skip` excludes one item (leave-one-out evaluation).
+    pub fn nearest(&self, query: &[f32], k: usize, skip: Option<usize>) -> Result<Vec<Hit>> {
+        ensure!(
+            query.len() == self.dim,
+            "query has {} values, table {} holds {}-d vectors",
+            query.len(),
+            self.path.display(),
+            self.dim
+        );
+        let mut top = TopK::new(k);
+        let mut scratch = vec![0f32; self.dim];
+        for index in 0..self.items.len() {
+            if Some(index) == skip {
+                continue;
+            }
+            let score = match self.element {
+                Element::I8 => {
+                    let (scale, codes) = self.i8_row(index);
+                    dot_i8(query, codes) * scale
+                }
+                Element::F16 => {
+                    self.f16_row(index).convert_to_f32_slice(&mut scratch);
+                    dot(query, &scratch)
+                }
+                Element::F32 => {
+                    self.decode_into(index, &mut scratch);
+                    dot(query, &scratch)
+                }
+            };
+            top.offer(Hit { index, score });
+        }
+        Ok(top.into_sorted())
+    }
+}
+
+/// Dot product written with independent lanes so the compiler vectorises it.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn dot_i8(a: &[f32], codes: &[i8]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (a_chunks, c_chunks) = (a.chunks_exact(LANES), codes.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(c_chunks.remainder())
+        .map(|(x, c)| x * *c as f32)
+        .sum();
+    for (x, c) in a_chunks.zip(c_chunks) {
+        for i in 0..LANES {
+            acc[i] += x[i] * c[i] as f32;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Keeps the best `k` hits seen so far (a small sorted buffer: k is tiny).
+struct TopK {
+    k: usize,
+    hits: Vec<Hit>,
+}
+
+impl TopK {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            hits: Vec::with_capacity(k + 1),
+        }
+    }
+
+    fn offer(&mut self, hit: Hit) {
+        if self.k == 0 || (self.hits.len() == self.k && hit.score <= self.hits[self.k - 1].score) {
+            return;
+        }
+        let at = self.hits.partition_point(|h| h.score >= hit.score);
+        self.hits.insert(at, hit);
+        self.hits.truncate(self.k);
+    }
+
+    fn into_sorted(self) -> Vec<Hit> {
+        self.hits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(values: &[f32]) -> Vec<f32> {
+        let mut v = values.to_vec();
+        crate::model::normalise(&mut v);
+        v
+    }
+
+    fn item(id: &str, meta: &[&str]) -> Item {
+        Item {
+            id: id.into(),
+            source: format!("{id}.jpg"),
+            digest: "00".repeat(32),
+            metadata: meta.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn sample(dir: &Path, element: Element) -> PathBuf {
+        let mut builder = TableBuilder::new(Fingerprint([7; 32]), 4, vec!["colour".into()]);
+        builder
+            .push(item("a", &["red"]), &unit(&[1.0, 0.0, 0.0, 0.0]))
+            .unwrap();
+        builder
+            .push(item("b", &["blue"]), &unit(&[0.9, 0.1, 0.0, 0.0]))
+            .unwrap();
+        builder
+            .push(item("c", &["green"]), &unit(&[0.0, 0.0, 1.0, 0.2]))
+            .unwrap();
+        let path = dir.join(format!("t-{}.fkt", element.name()));
+        builder.write(&path, element).unwrap();
+        path
+    }
+
+    #[test]
+    fn round_trips_and_finds_nearest_in_every_element_type() {
+        let dir = tempfile::tempdir().unwrap();
+        for element in [Element::F16, Element::I8, Element::F32] {
+            let table = Table::load(&sample(dir.path(), element)).unwrap();
+            assert_eq!(table.len(), 3);
+            assert_eq!(table.element(), element);
+            assert_eq!(table.items()[1].metadata, vec!["blue".to_string()]);
+            let hits = table
+                .nearest(&unit(&[1.0, 0.05, 0.0, 0.0]), 2, None)
+                .unwrap();
+            assert_eq!(hits.iter().map(|h| h.index).collect::<Vec<_>>(), vec![0, 1]);
+            assert!(
+                (hits[0].score - 0.9988).abs() < 0.01,
+                "{element:?} {hits:?}"
+            );
+            let skipped = table
+                .nearest(&unit(&[1.0, 0.0, 0.0, 0.0]), 1, Some(0))
+                .unwrap();
+            assert_eq!(skipped[0].index, 1);
+        }
+    }
+
+    #[test]
+    fn refuses_a_table_from_another_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Table::load(&sample(dir.path(), Element::F16)).unwrap();
+        let err = table
+            .ensure_model(Fingerprint([8; 32]), Path::new("other.manifest.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t-f16.fkt") && err.contains("other.manifest.json"),
+            "{err}"
+        );
+        assert!(table
+            .ensure_model(Fingerprint([7; 32]), Path::new("m"))
+            .is_ok());
+    }
+
+    #[test]
+    fn rejects_truncated_corrupt_and_foreign_files_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path(), Element::I8);
+        let good = std::fs::read(&path).unwrap();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("truncated", good[..good.len() - 10].to_vec(), "truncated"),
+            ("short", good[..40].to_vec(), "shorter than"),
+            ("foreign", b"id,score\n".repeat(20), "bad magic"),
+            (
+                "flipped",
+                {
+                    let mut b = good.clone();
+                    let last = b.len() - 1;
+                    b[last] ^= 0x55;
+                    b
+                },
+                "checksum",
+            ),
+            (
+                "version",
+                {
+                    let mut b = good.clone();
+                    put_u32(&mut b, 8, 99);
+                    b
+                },
+                "version 99",
+            ),
+        ];
+        for (name, bytes, expected) in cases {
+            let bad = dir.path().join(format!("{name}.fkt"));
+            std::fs::write(&bad, bytes).unwrap();
+            let err = format!("{:#}", Table::load(&bad).err().unwrap());
+            assert!(err.contains(&format!("{name}.fkt")), "{err}");
+            assert!(err.contains(expected), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        sample(dir.path(), Element::F16);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["t-f16.fkt".to_string()]);
+    }
+
+    #[test]
+    fn top_k_keeps_the_best_in_order() {
+        let mut top = TopK::new(3);
+        for (index, score) in [0.1, 0.9, 0.5, 0.7, 0.2, 0.95].into_iter().enumerate() {
+            top.offer(Hit { index, score });
+        }
+        let order: Vec<_> = top.into_sorted().iter().map(|h| h.index).collect();
+        assert_eq!(order, vec![5, 1, 3]);
+    }
+
+    #[test]
+    fn dot_matches_naive_sum_for_odd_lengths() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-3);
+        let codes: Vec<i8> = (0..37).map(|i| (i as i8) - 18).collect();
+        let naive_i8: f32 = a.iter().zip(&codes).map(|(x, c)| x * *c as f32).sum();
+        assert!((dot_i8(&a, &codes) - naive_i8).abs() < 1e-2);
+    }
+}

@@ -1,0 +1,391 @@
+//! The `fashion-kiosk` command line: parse, set up logging, call the library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use fashion_kiosk::catalogue::{Element, Table};
+use fashion_kiosk::indexer::{self, IndexJob};
+use fashion_kiosk::labels::Labels;
+use fashion_kiosk::model::Embedder;
+use fashion_kiosk::{bench, evaluate, query, resources};
+
+/// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
+/// embedding table of the store's catalogue.
+///
+/// Without a subcommand, runs the demo: indexes the bundled demo catalogue and recommends
+/// look-alikes for the bundled demo photos.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed every image of a catalogue folder into a table (only new or changed images are embedded).
+    Index(IndexArgs),
+    /// Recommend the catalogue items nearest to an image.
+    Query(QueryArgs),
+    /// Leave-one-out precision@k of a table per label column.
+    Eval(EvalArgs),
+    /// Latency of each scan stage per model, and peak memory.
+    Bench(BenchArgs),
+    /// Index the bundled demo catalogue and query the demo photos (the default).
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// Model manifest (default: the bundled int8 fashion ResNet50).
+    #[arg(long, value_name = "MANIFEST")]
+    model: Option<PathBuf>,
+}
+
+impl ModelArg {
+    fn load(&self) -> Result<Embedder> {
+        let path = self
+            .model
+            .clone()
+            .unwrap_or_else(|| resources::locate(resources::DEFAULT_MODEL));
+        Embedder::load(&path)
+    }
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    /// Folder of catalogue images (JPEG, PNG, WebP).
+    #[arg(long, value_name = "DIR")]
+    catalogue: PathBuf,
+    /// CSV with an `id` column (and optionally `filename`); other columns become metadata.
+    #[arg(long, value_name = "CSV")]
+    labels: Option<PathBuf>,
+    /// Table file to write (replaced atomically; its unchanged vectors are reused).
+    #[arg(long, value_name = "TABLE")]
+    out: PathBuf,
+    /// How vectors are stored.
+    #[arg(long, value_enum, default_value_t = Element::I8)]
+    element: Element,
+    #[command(flatten)]
+    model: ModelArg,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Table made by `index`.
+    #[arg(long, value_name = "TABLE")]
+    table: PathBuf,
+    /// Image to look up.
+    #[arg(long, value_name = "IMG")]
+    image: PathBuf,
+    /// How many items to return.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Print JSON: {"results":[{"id","score",…metadata}],"latency_ms":{…}}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArg,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Table to evaluate.
+    #[arg(long, value_name = "TABLE")]
+    table: PathBuf,
+    /// Labels CSV (by item id).
+    #[arg(long, value_name = "CSV")]
+    labels: PathBuf,
+    /// Label columns to score, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "articleType,baseColour")]
+    by: Vec<String>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 5)]
+    k: usize,
+    /// Also report how many of each item's k neighbours in this reference table (same items,
+    /// e.g. stored as f32) the evaluated table returns.
+    #[arg(long, value_name = "TABLE")]
+    reference: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model manifests to compare (default: the bundled int8 and fp32 models).
+    #[arg(long = "model", value_name = "MANIFEST")]
+    models: Vec<PathBuf>,
+    /// Table to time searches on.
+    #[arg(long, value_name = "TABLE")]
+    table: Option<PathBuf>,
+    /// Image to embed (default: the first demo photo).
+    #[arg(long, value_name = "IMG")]
+    image: Option<PathBuf>,
+    /// Runs per measurement.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Thread counts for the network's matrix products, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    threads: Vec<usize>,
+    /// Also print where each model spends its time, by operator type.
+    #[arg(long)]
+    profile: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the demo table is kept between runs.
+    #[arg(long, value_name = "TABLE")]
+    table: Option<PathBuf>,
+    /// Items to show per photo.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    #[command(flatten)]
+    model: ModelArg,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Demo(DemoArgs {
+        table: None,
+        top: 5,
+        model: ModelArg { model: None },
+    }));
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FASHION_KIOSK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    if under_journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Index(args) => cmd_index(args),
+        Command::Query(args) => cmd_query(args),
+        Command::Eval(args) => cmd_eval(args),
+        Command::Bench(args) => cmd_bench(args),
+        Command::Demo(args) => cmd_demo(args),
+    }
+}
+
+fn cmd_index(args: IndexArgs) -> Result<()> {
+    let embedder = args.model.load()?;
+    let labels = args.labels.as_deref().map(Labels::load).transpose()?;
+    index_into(
+        &embedder,
+        &args.catalogue,
+        labels.as_ref(),
+        &args.out,
+        args.element,
+    )
+}
+
+fn index_into(
+    embedder: &Embedder,
+    catalogue: &Path,
+    labels: Option<&Labels>,
+    out: &Path,
+    element: Element,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    let job = IndexJob {
+        catalogue,
+        labels,
+        out,
+        element,
+        show_progress: std::io::stderr().is_terminal(),
+    };
+    let report = indexer::index(embedder, &job)?;
+    tracing::info!(
+        "wrote {}: {} items ({} embedded, {} unchanged), {} skipped, {} non-image files ignored, {:.1} s",
+        out.display(),
+        report.items,
+        report.embedded,
+        report.reused,
+        report.skipped.len(),
+        report.ignored,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn load_table_for(embedder: &Embedder, path: &Path) -> Result<Table> {
+    let table = Table::load(path)?;
+    table.ensure_model(embedder.fingerprint(), embedder.manifest_path())?;
+    Ok(table)
+}
+
+fn cmd_query(args: QueryArgs) -> Result<()> {
+    let embedder = args.model.load()?;
+    let table = load_table_for(&embedder, &args.table)?;
+    let mut session = embedder.session()?;
+    let result = query::query_file(&mut session, &table, &args.image, args.top)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print_results(&args.image, &result);
+    }
+    Ok(())
+}
+
+fn print_results(image: &Path, result: &query::QueryResult) {
+    println!("{}:", image.display());
+    for (rank, r) in result.results.iter().enumerate() {
+        let meta: Vec<String> = r
+            .metadata
+            .values()
+            .filter_map(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        println!(
+            "  {:>2}. {:<10} {:.3}  {}",
+            rank + 1,
+            r.id,
+            r.score,
+            meta.join(", ")
+        );
+    }
+    let l = &result.latency_ms;
+    println!(
+        "  latency: decode {:.1} ms, preprocess {:.1} ms, embed {:.1} ms, search {:.1} ms, total {:.1} ms",
+        l.decode, l.preprocess, l.embed, l.search, l.total
+    );
+}
+
+fn cmd_eval(args: EvalArgs) -> Result<()> {
+    let table = Table::load(&args.table)?;
+    let labels = Labels::load(&args.labels)?;
+    let precision = evaluate::precision_at_k(&table, &labels, &args.by, args.k)?;
+    let recall = args
+        .reference
+        .as_deref()
+        .map(|r| evaluate::neighbour_recall(&table, &Table::load(r)?, args.k))
+        .transpose()?;
+    if args.json {
+        let json = serde_json::json!({
+            "table": args.table, "items": table.len(), "k": args.k,
+            "precision": precision, "neighbour_recall": recall,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "{}: {} items, {} vectors, leave-one-out",
+        args.table.display(),
+        table.len(),
+        table.element().name()
+    );
+    for p in &precision {
+        println!(
+            "  precision@{} {:<14} {:.4}  ({} queries)",
+            args.k, p.column, p.precision, p.queries
+        );
+    }
+    if let Some(recall) = recall {
+        println!(
+            "  neighbour recall@{} against {}: {:.4}",
+            args.k,
+            args.reference.unwrap().display(),
+            recall
+        );
+    }
+    Ok(())
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<()> {
+    let models = if args.models.is_empty() {
+        vec![
+            resources::locate(resources::DEFAULT_MODEL),
+            resources::locate(resources::FP32_MODEL),
+        ]
+    } else {
+        args.models
+    };
+    let image = match args.image {
+        Some(image) => image,
+        None => first_file(&resources::locate(resources::DEMO_DIR).join("photos"))?,
+    };
+    bench::run(&bench::BenchJob {
+        models,
+        table: args.table,
+        image,
+        runs: args.runs,
+        threads: args.threads,
+        profile: args.profile,
+    })
+}
+
+fn first_file(dir: &Path) -> Result<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .next()
+        .with_context(|| format!("{} holds no files", dir.display()))
+}
+
+fn cmd_demo(args: DemoArgs) -> Result<()> {
+    let demo = resources::locate(resources::DEMO_DIR);
+    let embedder = args.model.load()?;
+    let table_path = args.table.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "fashion-kiosk-demo-{}.fkt",
+            embedder.fingerprint().short()
+        ))
+    });
+    let labels = Labels::load(&demo.join("labels.csv"))?;
+    index_into(
+        &embedder,
+        &demo.join("catalogue"),
+        Some(&labels),
+        &table_path,
+        Element::I8,
+    )?;
+    let table = load_table_for(&embedder, &table_path)?;
+    let mut session = embedder.session()?;
+    let photos_dir = demo.join("photos");
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(&photos_dir)
+        .with_context(|| format!("cannot read {}", photos_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    photos.sort();
+    println!(
+        "Look-alikes from the {}-item demo catalogue ({}):",
+        table.len(),
+        embedder.manifest().name
+    );
+    for photo in photos {
+        let result = query::query_file(&mut session, &table, &photo, args.top)?;
+        print_results(&photo, &result);
+    }
+    Ok(())
+}

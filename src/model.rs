@@ -1,0 +1,378 @@
+//! The embedding model: its manifest (what the network expects and who it is), loading the ONNX
+//! file with tract once, and `embed()`, which turns a preprocessed image into an L2-normalised vector.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+use crate::preprocess::{Preprocessor, Region};
+
+/// The manifest format this build understands.
+pub const MANIFEST_FORMAT: &str = "fashion-kiosk-model/1";
+
+/// A model's identity: the SHA-256 of its ONNX file. Tables record it, and a table is only ever
+/// searched with vectors from the model that built it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// Parses the 64 hex digits a manifest carries.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
+    /// Short form for messages: the first 12 hex digits.
+    pub fn short(&self) -> String {
+        self.to_string()[..12].to_string()
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// What the network expects as input.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub layout: String,
+    pub colour_order: String,
+    /// Pixel values are divided by this before mean/std normalisation (255 → 0..1).
+    pub value_scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub crop: CropRule,
+    pub resize: String,
+}
+
+/// How a non-square frame is brought to the network's square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CropRule {
+    /// The largest centred square.
+    CentreSquare,
+}
+
+/// What the network produces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub name: String,
+    pub dim: usize,
+}
+
+/// The manifest that travels beside every model file (`NAME.manifest.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub name: String,
+    pub model_file: String,
+    /// `fp32` or `int8`: informative, shown by `bench` and `check`.
+    pub precision: String,
+    pub sha256: String,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+impl Manifest {
+    /// Reads and validates a manifest; every error names the file and the field at fault.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model manifest {}", path.display()))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .with_context(|| format!("model manifest {} is not valid", path.display()))?;
+        manifest
+            .validate()
+            .with_context(|| format!("model manifest {} is not valid", path.display()))?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            self.format == MANIFEST_FORMAT,
+            "field `format` is {:?}, this build reads {MANIFEST_FORMAT:?}",
+            self.format
+        );
+        ensure!(
+            Fingerprint::from_hex(&self.sha256).is_some(),
+            "field `sha256` must be 64 hex digits"
+        );
+        let input = &self.input;
+        ensure!(
+            (16..=2048).contains(&input.width) && (16..=2048).contains(&input.height),
+            "field `input.width`/`input.height` must be within 16..=2048, got {}x{}",
+            input.width,
+            input.height
+        );
+        ensure!(
+            input.layout == "NCHW",
+            "field `input.layout` must be \"NCHW\", got {:?}",
+            input.layout
+        );
+        ensure!(
+            input.colour_order == "RGB",
+            "field `input.colour_order` must be \"RGB\", got {:?}",
+            input.colour_order
+        );
+        ensure!(
+            input.resize == "bilinear",
+            "field `input.resize` must be \"bilinear\", got {:?}",
+            input.resize
+        );
+        ensure!(
+            input.value_scale.is_finite() && input.value_scale > 0.0,
+            "field `input.value_scale` must be a positive number"
+        );
+        ensure!(
+            input.std.iter().all(|s| s.is_finite() && *s > 0.0),
+            "field `input.std` must hold three positive numbers"
+        );
+        ensure!(
+            input.mean.iter().all(|m| m.is_finite()),
+            "field `input.mean` must hold three numbers"
+        );
+        ensure!(
+            (1..=65536).contains(&self.output.dim),
+            "field `output.dim` must be within 1..=65536, got {}",
+            self.output.dim
+        );
+        ensure!(
+            !self.model_file.is_empty() && !self.model_file.contains(['/', '\\']),
+            "field `model_file` must be a file name beside the manifest, got {:?}",
+            self.model_file
+        );
+        Ok(())
+    }
+
+    /// The fingerprint the manifest declares (validated at load).
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::from_hex(&self.sha256).expect("validated at load")
+    }
+}
+
+/// A loaded, optimised model, shared by every thread that embeds.
+pub struct Embedder {
+    manifest: Manifest,
+    manifest_path: PathBuf,
+    plan: Arc<TypedSimplePlan>,
+}
+
+impl Embedder {
+    /// Loads the manifest, checks that the model file is the one it describes, and prepares the
+    /// network with tract (load → typed → optimised → runnable).
+    pub fn load(manifest_path: &Path) -> Result<Self> {
+        let manifest = Manifest::load(manifest_path)?;
+        let dir = manifest_path.parent().unwrap_or(Path::new("."));
+        let model_path = dir.join(&manifest.model_file);
+        let bytes = std::fs::read(&model_path).with_context(|| {
+            format!(
+                "cannot read model file {} (named by {})",
+                model_path.display(),
+                manifest_path.display()
+            )
+        })?;
+        let actual = Fingerprint(Sha256::digest(&bytes).into());
+        if actual != manifest.fingerprint() {
+            bail!(
+                "model file {} does not match its manifest {}: sha256 is {}, the manifest says {}",
+                model_path.display(),
+                manifest_path.display(),
+                actual.short(),
+                manifest.fingerprint().short()
+            );
+        }
+        let plan = prepare(&bytes, &manifest)
+            .with_context(|| format!("cannot load model {}", model_path.display()))?;
+        Ok(Self {
+            manifest,
+            manifest_path: manifest_path.to_path_buf(),
+            plan,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn manifest_path(&self) -> &Path {
+        &self.manifest_path
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.manifest.fingerprint()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.manifest.output.dim
+    }
+
+    /// A per-thread embedding session: its own tract state, input tensor and preprocessing buffers,
+    /// reused from call to call.
+    pub fn session(&self) -> Result<Session> {
+        let input = &self.manifest.input;
+        let tensor = Tensor::zero::<f32>(&[1, 3, input.height as usize, input.width as usize])?;
+        Ok(Session {
+            state: self.plan.spawn()?,
+            input: Arc::new(tensor),
+            preprocessor: Preprocessor::new(input),
+            dim: self.dim(),
+        })
+    }
+}
+
+fn prepare(bytes: &[u8], manifest: &Manifest) -> Result<Arc<TypedSimplePlan>> {
+    let input = &manifest.input;
+    let shape = [1usize, 3, input.height as usize, input.width as usize];
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut std::io::Cursor::new(bytes))?
+        .with_input_fact(0, f32::fact(shape).into())?
+        .into_optimized()?;
+    ensure!(
+        model.output_outlets()?.len() == 1,
+        "expected one output, found {}",
+        model.output_outlets()?.len()
+    );
+    let fact = model.output_fact(0)?;
+    let volume: usize = fact
+        .shape
+        .as_concrete()
+        .context("output shape is not concrete")?
+        .iter()
+        .product();
+    ensure!(
+        volume == manifest.output.dim,
+        "output has {volume} values, the manifest says output.dim = {}",
+        manifest.output.dim
+    );
+    model.into_runnable()
+}
+
+/// One thread's embedding state: call [`Session::embed_image`] as often as needed.
+pub struct Session {
+    state: TypedSimpleState,
+    input: Arc<Tensor>,
+    preprocessor: Preprocessor,
+    dim: usize,
+}
+
+impl Session {
+    /// Preprocesses `image` (region, resize, normalise) and embeds it. Returns the L2-normalised
+    /// embedding.
+    pub fn embed_image(&mut self, image: &image::RgbImage, region: Region) -> Result<Vec<f32>> {
+        self.preprocess(image, region)?;
+        self.embed_prepared()
+    }
+
+    /// Fills the input tensor from `image` without running the network (for benchmarks).
+    pub fn preprocess(&mut self, image: &image::RgbImage, region: Region) -> Result<()> {
+        let tensor = match Arc::get_mut(&mut self.input) {
+            Some(tensor) => tensor,
+            None => {
+                // tract still holds the previous input: start a fresh buffer.
+                self.input = Arc::new(Tensor::zero::<f32>(self.input.shape())?);
+                Arc::get_mut(&mut self.input).expect("fresh Arc is unique")
+            }
+        };
+        self.preprocessor.run(
+            image,
+            region,
+            tensor.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        )
+    }
+
+    /// Runs the network on the tensor [`Session::preprocess`] filled.
+    pub fn embed_prepared(&mut self) -> Result<Vec<f32>> {
+        let outputs = self
+            .state
+            .run(tvec!(TValue::from_const(self.input.clone())))
+            .context("model inference failed")?;
+        let plain = outputs[0].try_as_plain_ram()?;
+        let view = plain.as_slice::<f32>()?;
+        ensure!(
+            view.len() == self.dim,
+            "model produced {} values, expected {}",
+            view.len(),
+            self.dim
+        );
+        let mut vector = view.to_vec();
+        normalise(&mut vector);
+        Ok(vector)
+    }
+}
+
+impl Session {
+    /// Runs the network once on the prepared input, adding the time spent in each operator type
+    /// to `totals` (for `bench --profile`).
+    pub fn profile_prepared(&mut self, totals: &mut HashMap<String, Duration>) -> Result<()> {
+        let inputs = tvec!(TValue::from_const(self.input.clone()));
+        self.state
+            .run_plan_with_eval(inputs, |context, state, node, inputs| {
+                let start = Instant::now();
+                let outputs = tract_onnx::tract_core::plan::eval(context, state, node, inputs);
+                *totals.entry(node.op().name().to_string()).or_default() += start.elapsed();
+                outputs
+            })
+            .context("model inference failed")?;
+        Ok(())
+    }
+}
+
+/// Scales `vector` to unit L2 norm (a zero vector stays zero).
+pub fn normalise(vector: &mut [f32]) {
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_round_trips_through_hex() {
+        let hex = "00ff10ab".repeat(8);
+        let fp = Fingerprint::from_hex(&hex).unwrap();
+        assert_eq!(fp.to_string(), hex);
+        assert_eq!(fp.short(), "00ff10ab00ff");
+        assert!(Fingerprint::from_hex("abc").is_none());
+        assert!(Fingerprint::from_hex(&"zz".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn normalise_gives_unit_norm_and_keeps_zero() {
+        let mut v = vec![3.0, 4.0];
+        normalise(&mut v);
+        assert_eq!(v, vec![0.6, 0.8]);
+        let mut zero = vec![0.0; 4];
+        normalise(&mut zero);
+        assert_eq!(zero, vec![0.0; 4]);
+    }
+}
