@@ -1,0 +1,146 @@
+//! Parity of the Rust pipeline (decode, preprocess, tract) with the onnxruntime references that
+//! models/build_models.py wrote for a dozen demo catalogue images (tests/fixtures/parity.json).
+//!
+//! Cosine alone is weak (ResNet features are all positive, so any two images score high), so the
+//! test also checks that every image's nearest neighbour among the others is the same in Rust int8,
+//! Rust fp32 and onnxruntime.
+
+use std::path::{Path, PathBuf};
+
+use fashion_kiosk::catalogue::dot;
+use fashion_kiosk::model::{normalise, Embedder};
+use fashion_kiosk::preprocess::{decode_file, Region};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+struct Fixture {
+    images: Vec<String>,
+    int8: Vec<Vec<f32>>,
+    fp32: Vec<Vec<f32>>,
+    int8_sha: String,
+    fp32_sha: String,
+}
+
+fn fixture() -> Fixture {
+    let text = std::fs::read_to_string(repo("tests/fixtures/parity.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vectors = |precision: &str| -> Vec<Vec<f32>> {
+        json["embeddings"][precision]["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let mut v: Vec<f32> = v
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect();
+                normalise(&mut v);
+                v
+            })
+            .collect()
+    };
+    let sha = |precision: &str| {
+        json["embeddings"][precision]["model_sha256"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    Fixture {
+        images: json["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect(),
+        int8: vectors("int8"),
+        fp32: vectors("fp32"),
+        int8_sha: sha("int8"),
+        fp32_sha: sha("fp32"),
+    }
+}
+
+fn embed_all(manifest: &str, images: &[String]) -> (Embedder, Vec<Vec<f32>>) {
+    let embedder = Embedder::load(&repo(manifest)).unwrap();
+    let mut session = embedder.session().unwrap();
+    let vectors = images
+        .iter()
+        .map(|name| {
+            let image = decode_file(&repo("demo/catalogue").join(name)).unwrap();
+            session.embed_image(&image, Region::Whole).unwrap()
+        })
+        .collect();
+    (embedder, vectors)
+}
+
+/// For each vector, the index of its most similar other vector.
+fn nearest_neighbours(vectors: &[Vec<f32>]) -> Vec<usize> {
+    (0..vectors.len())
+        .map(|i| {
+            (0..vectors.len())
+                .filter(|&j| j != i)
+                .max_by(|&a, &b| {
+                    dot(&vectors[i], &vectors[a]).total_cmp(&dot(&vectors[i], &vectors[b]))
+                })
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn rust_embeddings_match_onnxruntime_and_agree_on_neighbours() {
+    let fixture = fixture();
+    assert_eq!(fixture.images.len(), 12);
+    let (int8_model, int8) = embed_all(
+        "models/fashion-resnet50-int8.manifest.json",
+        &fixture.images,
+    );
+    let (fp32_model, fp32) = embed_all(
+        "models/fashion-resnet50-fp32.manifest.json",
+        &fixture.images,
+    );
+    assert_eq!(
+        int8_model.fingerprint().to_string(),
+        fixture.int8_sha,
+        "fixtures are from another int8 model"
+    );
+    assert_eq!(
+        fp32_model.fingerprint().to_string(),
+        fixture.fp32_sha,
+        "fixtures are from another fp32 model"
+    );
+
+    for (i, name) in fixture.images.iter().enumerate() {
+        let vs_int8 = dot(&int8[i], &fixture.int8[i]);
+        let vs_fp32 = dot(&int8[i], &fixture.fp32[i]);
+        let fp32_vs_fp32 = dot(&fp32[i], &fixture.fp32[i]);
+        assert!(
+            vs_int8 >= 0.999,
+            "{name}: Rust int8 vs onnxruntime int8 cosine {vs_int8}"
+        );
+        assert!(
+            vs_fp32 >= 0.98,
+            "{name}: Rust int8 vs onnxruntime fp32 cosine {vs_fp32}"
+        );
+        // Not a goal of its own, but a drift here would point at preprocessing rather than int8.
+        assert!(
+            fp32_vs_fp32 >= 0.999,
+            "{name}: Rust fp32 vs onnxruntime fp32 cosine {fp32_vs_fp32}"
+        );
+        println!(
+            "{name}: int8/int8 {vs_int8:.5}  int8/fp32 {vs_fp32:.5}  fp32/fp32 {fp32_vs_fp32:.5}"
+        );
+    }
+
+    let reference = nearest_neighbours(&fixture.fp32);
+    assert_eq!(
+        nearest_neighbours(&fixture.int8),
+        reference,
+        "onnxruntime int8 vs fp32 neighbours"
+    );
+    assert_eq!(nearest_neighbours(&int8), reference, "Rust int8 neighbours");
+    assert_eq!(nearest_neighbours(&fp32), reference, "Rust fp32 neighbours");
+}
