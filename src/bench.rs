@@ -109,7 +109,7 @@ pub fn run(job: &BenchJob) -> Result<()> {
 
     let image = decode_file(&job.image)?;
     for &threads in &job.threads {
-        let executor = executor(threads);
+        let executor = crate::model::executor(threads);
         let mut sessions: Vec<_> = embedders
             .iter()
             .map(|e| e.session())
@@ -207,14 +207,6 @@ fn profile(embedder: &Embedder, image: &image::RgbImage, runs: usize) -> Result<
         );
     }
     Ok(())
-}
-
-fn executor(threads: usize) -> tract_linalg::multithread::Executor {
-    if threads <= 1 {
-        tract_linalg::multithread::Executor::SingleThread
-    } else {
-        tract_linalg::multithread::Executor::multithread(threads)
-    }
 }
 
 /// Peak resident set size of this process (Linux), in KiB.

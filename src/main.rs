@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use fashion_kiosk::catalogue::{Element, Table};
 use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
-use fashion_kiosk::model::Embedder;
+use fashion_kiosk::model::{self, Embedder};
 use fashion_kiosk::{bench, evaluate, query, resources};
 
 /// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
@@ -88,6 +88,9 @@ struct QueryArgs {
     /// Print JSON: {"results":[{"id","score",…metadata}],"latency_ms":{…}}.
     #[arg(long)]
     json: bool,
+    /// Threads for the network's matrix products (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -243,13 +246,21 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
     let embedder = args.model.load()?;
     let table = load_table_for(&embedder, &args.table)?;
     let mut session = embedder.session()?;
-    let result = query::query_file(&mut session, &table, &args.image, args.top)?;
+    let threads = args.threads.unwrap_or_else(all_cores);
+    let result =
+        tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
+            query::query_file(&mut session, &table, &args.image, args.top)
+        })?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         print_results(&args.image, &result);
     }
     Ok(())
+}
+
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn print_results(image: &Path, result: &query::QueryResult) {

@@ -344,6 +344,16 @@ impl Session {
     }
 }
 
+/// A tract executor that splits each matrix product over `threads` threads (1: no threads).
+/// Use it with `tract_linalg::multithread::multithread_tract_scope` around `embed` calls.
+pub fn executor(threads: usize) -> tract_linalg::multithread::Executor {
+    if threads <= 1 {
+        tract_linalg::multithread::Executor::SingleThread
+    } else {
+        tract_linalg::multithread::Executor::multithread(threads)
+    }
+}
+
 /// Scales `vector` to unit L2 norm (a zero vector stays zero).
 pub fn normalise(vector: &mut [f32]) {
     let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
