@@ -140,20 +140,16 @@ pub fn run(job: &BenchJob) -> Result<()> {
             );
             println!("{label:<44} {stats}");
         }
-        for (i, a) in embedders.iter().enumerate() {
-            for (j, b) in embedders.iter().enumerate().skip(i + 1) {
-                println!(
-                    "{:<44} {:.2}x  ({} thread{})",
-                    format!(
-                        "speed {} vs {}",
-                        a.manifest().precision,
-                        b.manifest().precision
-                    ),
-                    stats[j].median.as_secs_f64() / stats[i].median.as_secs_f64(),
-                    threads,
-                    if threads == 1 { "" } else { "s" }
-                );
-            }
+        // Each later model's median time over the first's: below 1 means faster than the first.
+        let (first, base) = (&embedders[0], &stats[0]);
+        for (other, stats) in embedders.iter().zip(&stats).skip(1) {
+            let label = format!("time {} / {}", other.manifest().name, first.manifest().name);
+            println!(
+                "{label:<44} {:.2}  ({} thread{})",
+                stats.median.as_secs_f64() / base.median.as_secs_f64(),
+                threads,
+                if threads == 1 { "" } else { "s" }
+            );
         }
     }
 

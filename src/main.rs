@@ -120,7 +120,8 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Model manifests to compare (default: the bundled int8 and fp32 models).
+    /// Model manifests to compare; each later one's time is also given as a ratio to the first's
+    /// (default: the bundled fp32 model, then the int8 one).
     #[arg(long = "model", value_name = "MANIFEST")]
     models: Vec<PathBuf>,
     /// Table to time searches on.
