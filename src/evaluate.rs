@@ -116,3 +116,65 @@ pub fn neighbour_recall(table: &Table, reference: &Table, k: usize) -> Result<f6
         .sum();
     Ok(hits as f64 / (k * table.len()) as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{Element, Item, TableBuilder};
+    use crate::model::Fingerprint;
+
+    /// Four items on two axes: a1, a2 near the x axis, b1, b2 near y. Colours: a1 and b1 red,
+    /// a2 and b2 blue. With k = 1 every item's neighbour is its own kind but the other colour.
+    fn fixture(dir: &std::path::Path, element: Element) -> (Table, Labels) {
+        let mut builder = TableBuilder::new(Fingerprint([1; 32]), 2, vec![]);
+        for (id, v) in [
+            ("a1", [1.0, 0.1]),
+            ("a2", [1.0, 0.2]),
+            ("b1", [0.1, 1.0]),
+            ("b2", [0.2, 1.0]),
+        ] {
+            let mut v = v.to_vec();
+            crate::model::normalise(&mut v);
+            let item = Item {
+                id: id.into(),
+                source: format!("{id}.jpg"),
+                digest: String::new(),
+                metadata: vec![],
+            };
+            builder.push(item, &v).unwrap();
+        }
+        let path = dir.join(format!("{}.fkt", element.name()));
+        builder.write(&path, element).unwrap();
+        let csv = dir.join("labels.csv");
+        std::fs::write(
+            &csv,
+            "id,kind,colour\na1,a,red\na2,a,blue\nb1,b,red\nb2,b,\n",
+        )
+        .unwrap();
+        (Table::load(&path).unwrap(), Labels::load(&csv).unwrap())
+    }
+
+    #[test]
+    fn precision_counts_neighbours_sharing_the_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, labels) = fixture(dir.path(), Element::F32);
+        let columns = vec!["kind".to_string(), "colour".to_string()];
+        let result = precision_at_k(&table, &labels, &columns, 1).unwrap();
+        assert_eq!(result[0].precision, 1.0);
+        assert_eq!(result[0].queries, 4);
+        // b2 has no colour: not a query; a2's neighbour a1 is red, a1's is a2 (blue), b1's is b2 (none).
+        assert_eq!(result[1].queries, 3);
+        assert_eq!(result[1].precision, 0.0);
+        let two = precision_at_k(&table, &labels, &columns, 2).unwrap();
+        assert!((two[0].precision - 0.5).abs() < 1e-9, "{two:?}");
+        assert!(precision_at_k(&table, &labels, &["size".to_string()], 1).is_err());
+    }
+
+    #[test]
+    fn neighbour_recall_is_one_for_the_same_vectors_in_another_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f32_table, _) = fixture(dir.path(), Element::F32);
+        let (i8_table, _) = fixture(dir.path(), Element::I8);
+        assert_eq!(neighbour_recall(&i8_table, &f32_table, 1).unwrap(), 1.0);
+    }
+}

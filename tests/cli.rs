@@ -147,6 +147,48 @@ fn index_skips_bad_files_reindexes_only_changes_and_query_finds_the_item_itself(
         }
     }
 
+    // eval scores the table by its labels; bench times every stage on it.
+    let out = run(&[
+        "eval",
+        "--table",
+        table.to_str().unwrap(),
+        "--labels",
+        repo("demo/labels.csv").to_str().unwrap(),
+        "--k",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["items"], 8);
+    for column in eval["precision"].as_array().unwrap() {
+        let p = column["precision"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p) && column["queries"] == 8, "{eval}");
+    }
+    let out = run(&[
+        "bench",
+        "--runs",
+        "2",
+        "--model",
+        int8_manifest().to_str().unwrap(),
+        "--table",
+        table.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "decode",
+        "preprocess",
+        "embed fashion-resnet50-int8 (int8, 1 thread) median",
+        "search top-5 of 8 items (i8)",
+        "peak RSS",
+    ] {
+        assert!(
+            printed.contains(line),
+            "bench output lacks {line:?}: {printed}"
+        );
+    }
+
     // Unchanged folder: nothing re-embedded. One image replaced: only it.
     let out = index(&catalogue, &table, &int8_manifest());
     assert!(
