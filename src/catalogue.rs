@@ -495,8 +495,19 @@ impl Table {
     }
 }
 
-/// Dot product written with independent lanes so the compiler vectorises it.
+/// Dot product of two f32 vectors.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_with(a, b, |y| y)
+}
+
+/// Dot product of an f32 query with a row of i8 codes (the row's scale is applied by the caller).
+fn dot_i8(a: &[f32], codes: &[i8]) -> f32 {
+    dot_with(a, codes, |c| c as f32)
+}
+
+/// `Σ a[i] · to_f32(b[i])`, written with independent lanes so the compiler vectorises it.
+#[inline(always)]
+fn dot_with<T: Copy>(a: &[f32], b: &[T], to_f32: impl Fn(T) -> f32) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -504,29 +515,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         .remainder()
         .iter()
         .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x * to_f32(*y))
         .sum();
     for (x, y) in a_chunks.zip(b_chunks) {
         for i in 0..LANES {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-fn dot_i8(a: &[f32], codes: &[i8]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, c_chunks) = (a.chunks_exact(LANES), codes.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(c_chunks.remainder())
-        .map(|(x, c)| x * *c as f32)
-        .sum();
-    for (x, c) in a_chunks.zip(c_chunks) {
-        for i in 0..LANES {
-            acc[i] += x[i] * c[i] as f32;
+            acc[i] += x[i] * to_f32(y[i]);
         }
     }
     acc.iter().sum::<f32>() + tail

@@ -191,6 +191,14 @@ mod tests {
         );
     }
 
+    /// The right-hand 4x4 square of a 12x4 frame.
+    const RIGHT_SQUARE: Region = Region::Rect {
+        x: 8,
+        y: 0,
+        width: 4,
+        height: 4,
+    };
+
     #[test]
     fn region_of_interest_selects_the_item() {
         let image = RgbImage::from_fn(12, 4, |x, _| {
@@ -201,14 +209,8 @@ mod tests {
             }
         });
         let mut out = vec![0.0; 3 * 16];
-        let region = Region::Rect {
-            x: 8,
-            y: 0,
-            width: 4,
-            height: 4,
-        };
         Preprocessor::new(&spec(4))
-            .run(&image, region, &mut out)
+            .run(&image, RIGHT_SQUARE, &mut out)
             .unwrap();
         assert!(out[32..].iter().all(|v| (v - 4.0).abs() < 1e-5), "all blue");
     }
@@ -217,14 +219,8 @@ mod tests {
     fn region_outside_the_frame_is_an_error() {
         let image = RgbImage::new(10, 10);
         let mut out = vec![0.0; 3 * 16];
-        let region = Region::Rect {
-            x: 8,
-            y: 0,
-            width: 4,
-            height: 4,
-        };
         let err = Preprocessor::new(&spec(4))
-            .run(&image, region, &mut out)
+            .run(&image, RIGHT_SQUARE, &mut out)
             .unwrap_err();
         assert!(err.to_string().contains("outside the 10x10 frame"), "{err}");
     }

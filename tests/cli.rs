@@ -82,8 +82,8 @@ fn index(catalogue: &Path, out: &Path, manifest: &Path) -> Output {
     ])
 }
 
-fn query_json(table: &Path, image: &Path, manifest: &Path) -> serde_json::Value {
-    let out = run(&[
+fn query(table: &Path, image: &Path, manifest: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
         "query",
         "--table",
         table.to_str().unwrap(),
@@ -91,10 +91,13 @@ fn query_json(table: &Path, image: &Path, manifest: &Path) -> serde_json::Value 
         image.to_str().unwrap(),
         "--model",
         manifest.to_str().unwrap(),
-        "--top",
-        "3",
-        "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn query_json(table: &Path, image: &Path, manifest: &Path) -> serde_json::Value {
+    let out = query(table, image, manifest, &["--top", "3", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).expect("query --json prints JSON")
 }
@@ -215,17 +218,7 @@ fn bad_model_inputs_fail_cleanly_naming_the_file() {
     let (catalogue, picked) = small_catalogue(dir.path());
     let image = catalogue.join(&picked[0]);
     let table = dir.path().join("t.fkt");
-    let query = |manifest: &Path| {
-        run(&[
-            "query",
-            "--table",
-            table.to_str().unwrap(),
-            "--image",
-            image.to_str().unwrap(),
-            "--model",
-            manifest.to_str().unwrap(),
-        ])
-    };
+    let query = |manifest: &Path| query(&table, &image, manifest, &[]);
 
     // Missing manifest.
     let missing = dir.path().join("missing.manifest.json");
@@ -275,17 +268,7 @@ fn bad_tables_and_images_fail_cleanly_and_a_good_table_survives() {
     assert!(index(&catalogue, &table, &int8_manifest()).status.success());
     let good = std::fs::read(&table).unwrap();
     let image = catalogue.join(&picked[0]);
-    let query = |table: &Path, image: &Path| {
-        run(&[
-            "query",
-            "--table",
-            table.to_str().unwrap(),
-            "--image",
-            image.to_str().unwrap(),
-            "--model",
-            int8_manifest().to_str().unwrap(),
-        ])
-    };
+    let query = |table: &Path, image: &Path| query(table, image, &int8_manifest(), &[]);
 
     // Truncated table, wrong version, missing table.
     let truncated = dir.path().join("truncated.fkt");
