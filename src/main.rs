@@ -332,8 +332,9 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
 fn cmd_bench(args: BenchArgs) -> Result<()> {
     let models = if args.models.is_empty() {
         vec![
-            resources::locate(resources::DEFAULT_MODEL),
+            // fp32 first: the ratio line then reads int8 time / fp32 time.
             resources::locate(resources::FP32_MODEL),
+            resources::locate(resources::DEFAULT_MODEL),
         ]
     } else {
         args.models
