@@ -3,13 +3,21 @@
 //! The core is pure and device-free: [`preprocess`] an image as the [`model`] manifest says,
 //! embed it with tract, and search the [`catalogue`] table for the nearest items. [`indexer`]
 //! builds tables, [`evaluate`] measures their quality and [`bench`] their speed.
+//!
+//! The [`kiosk`] service runs it all day on a Pi: [`device`] drivers (camera, button, OLED) behind
+//! small traits, a TOML [`config`], and a [`scanlog`] of every scan; [`check`] tries each part.
 
 pub mod bench;
 pub mod catalogue;
+pub mod check;
+pub mod config;
+pub mod device;
 pub mod evaluate;
 pub mod indexer;
+pub mod kiosk;
 pub mod labels;
 pub mod model;
 pub mod preprocess;
 pub mod query;
 pub mod resources;
+pub mod scanlog;

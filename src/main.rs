@@ -4,20 +4,21 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use fashion_kiosk::catalogue::{Element, Table};
+use fashion_kiosk::config::{Config, Overrides};
 use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
 use fashion_kiosk::model::{self, Embedder};
-use fashion_kiosk::{bench, evaluate, query, resources};
+use fashion_kiosk::{bench, check, evaluate, kiosk, query, resources};
 
 /// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
 /// embedding table of the store's catalogue.
 ///
-/// Without a subcommand, runs the demo: indexes the bundled demo catalogue and recommends
-/// look-alikes for the bundled demo photos.
+/// Without a subcommand, runs the demo: the kiosk in simulation on the bundled demo catalogue
+/// (camera = the demo photos, button = Enter, display = the terminal and PNG screens).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -35,7 +36,11 @@ enum Command {
     Eval(EvalArgs),
     /// Latency of each scan stage per model, and peak memory.
     Bench(BenchArgs),
-    /// Index the bundled demo catalogue and query the demo photos (the default).
+    /// Run the kiosk service: button → camera → look-up → display, until SIGTERM.
+    Run(RunArgs),
+    /// Try the model, table, camera, trigger, display and scan log of a config: ok or failing.
+    Check(CheckArgs),
+    /// The kiosk in simulation on the bundled demo catalogue (the default).
     Demo(DemoArgs),
 }
 
@@ -141,24 +146,69 @@ struct BenchArgs {
     profile: bool,
 }
 
+/// The default config path of an installed kiosk.
+const DEFAULT_CONFIG: &str = "/etc/fashion-kiosk/kiosk.toml";
+
 #[derive(Args)]
-struct DemoArgs {
-    /// Where the demo table is kept between runs.
+struct ConfigArgs {
+    /// The kiosk's TOML config.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Catalogue table (overrides `catalogue.table`).
     #[arg(long, value_name = "TABLE")]
     table: Option<PathBuf>,
-    /// Items to show per photo.
-    #[arg(long, default_value_t = 5)]
-    top: usize,
+    /// Model manifest (overrides `model.manifest`).
+    #[arg(long, value_name = "MANIFEST")]
+    model: Option<PathBuf>,
+    /// Scan log file (overrides `scan_log.path`).
+    #[arg(long, value_name = "FILE")]
+    scan_log: Option<PathBuf>,
+    /// Write every screen as a PNG into DIR (switches to the simulated display).
+    #[arg(long, value_name = "DIR")]
+    screens: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        Config::load(
+            &self.config,
+            &Overrides {
+                table: self.table.clone(),
+                model: self.model.clone(),
+                scan_log: self.scan_log.clone(),
+                screens: self.screens.clone(),
+            },
+        )
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the demo table, screens and scan log go (default: fashion-kiosk-demo in the temp folder).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArg,
 }
 
 fn main() -> ExitCode {
+    avoid_slow_int8_kernel();
     init_logging();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Demo(DemoArgs {
-        table: None,
-        top: 5,
+        out: None,
         model: ModelArg { model: None },
     }));
     match run(command) {
@@ -167,6 +217,17 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// tract 0.23.9's AVX2 int8 kernel runs ~13× slower than its AVX one on the x86 machines we
+/// measured (an AVX-SSE transition; models/README.md). Unless the user chose kernels with
+/// `TRACT_CPU_ISA`, leave AVX2 out before tract first reads the variable. No effect on the Pi.
+fn avoid_slow_int8_kernel() {
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("TRACT_CPU_ISA").is_none() {
+        // Single-threaded here: nothing else reads the environment yet.
+        std::env::set_var("TRACT_CPU_ISA", "-avx2");
     }
 }
 
@@ -192,6 +253,8 @@ fn run(command: Command) -> Result<()> {
         Command::Query(args) => cmd_query(args),
         Command::Eval(args) => cmd_eval(args),
         Command::Bench(args) => cmd_bench(args),
+        Command::Run(args) => kiosk::run(&args.config.load()?),
+        Command::Check(args) => cmd_check(args),
         Command::Demo(args) => cmd_demo(args),
     }
 }
@@ -366,39 +429,51 @@ fn first_file(dir: &Path) -> Result<PathBuf> {
         .with_context(|| format!("{} holds no files", dir.display()))
 }
 
+fn cmd_check(args: CheckArgs) -> Result<()> {
+    let config = args.config.load()?;
+    println!("config     ok    {}", args.config.config.display());
+    let findings = check::check(&config);
+    for f in &findings {
+        match &f.outcome {
+            Ok(detail) => println!("{:<10} ok    {detail}", f.part),
+            Err(reason) => println!("{:<10} FAIL  {reason}", f.part),
+        }
+    }
+    let failed = findings.iter().filter(|f| f.outcome.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} of {} parts failing", findings.len());
+    }
+    Ok(())
+}
+
 fn cmd_demo(args: DemoArgs) -> Result<()> {
     let demo = resources::locate(resources::DEMO_DIR);
     let embedder = args.model.load()?;
-    let table_path = args.table.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!(
-            "fashion-kiosk-demo-{}.fkt",
-            embedder.fingerprint().short()
-        ))
-    });
+    let out = args.out.unwrap_or_else(kiosk::demo_output_dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let table = out.join(format!("catalogue-{}.fkt", embedder.fingerprint().short()));
     let labels = Labels::load(&demo.join("labels.csv"))?;
     index_into(
         &embedder,
         &demo.join("catalogue"),
         Some(&labels),
-        &table_path,
+        &table,
         Element::I8,
     )?;
-    let table = load_table_for(&embedder, &table_path)?;
-    let mut session = embedder.session()?;
-    let photos_dir = demo.join("photos");
-    let mut photos: Vec<PathBuf> = std::fs::read_dir(&photos_dir)
-        .with_context(|| format!("cannot read {}", photos_dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    photos.sort();
-    println!(
-        "Look-alikes from the {}-item demo catalogue ({}):",
-        table.len(),
-        embedder.manifest().name
+    drop(embedder);
+    let config = Config::load(
+        &demo.join("kiosk.toml"),
+        &Overrides {
+            table: Some(table),
+            model: args.model.model,
+            scan_log: Some(out.join("scans.jsonl")),
+            screens: Some(out.join("screens")),
+        },
+    )?;
+    eprintln!(
+        "Demo kiosk: press Enter to scan the next demo photo, Ctrl-D to stop.\n  screens: {}\n  scan log: {}",
+        out.join("screens").display(),
+        out.join("scans.jsonl").display()
     );
-    for photo in photos {
-        let result = query::query_file(&mut session, &table, &photo, args.top)?;
-        print_results(&photo, &result);
-    }
-    Ok(())
+    kiosk::run(&config)
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
+use image::RgbImage;
 use serde::Serialize;
 
 use crate::catalogue::Table;
@@ -37,23 +38,29 @@ pub struct QueryResult {
     pub latency_ms: Latency,
 }
 
-/// Looks up the image at `path` in `table`, returning the `top` best items.
-pub fn query_file(
+/// Milliseconds of the stages after decoding, for one image.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimes {
+    pub preprocess: f64,
+    pub embed: f64,
+    pub search: f64,
+}
+
+/// Embeds `image` (its `region`) and returns the `top` nearest items of `table`, timed per stage.
+pub fn look_up(
     session: &mut Session,
     table: &Table,
-    path: &Path,
+    image: &RgbImage,
+    region: Region,
     top: usize,
-) -> Result<QueryResult> {
+) -> Result<(Vec<Recommendation>, StageTimes)> {
     let start = Instant::now();
-    let image = decode_file(path)?;
-    let decoded = Instant::now();
-    session.preprocess(&image, Region::Whole)?;
+    session.preprocess(image, region)?;
     let prepared = Instant::now();
     let vector = session.embed_prepared()?;
     let embedded = Instant::now();
     let hits = table.nearest(&vector, top, None)?;
     let searched = Instant::now();
-    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
     let results = hits
         .iter()
         .map(|hit| {
@@ -71,14 +78,38 @@ pub fn query_file(
             }
         })
         .collect();
+    let times = StageTimes {
+        preprocess: ms(start, prepared),
+        embed: ms(prepared, embedded),
+        search: ms(embedded, searched),
+    };
+    Ok((results, times))
+}
+
+/// Milliseconds from `a` to `b`.
+pub fn ms(a: Instant, b: Instant) -> f64 {
+    (b - a).as_secs_f64() * 1000.0
+}
+
+/// Looks up the image at `path` in `table`, returning the `top` best items.
+pub fn query_file(
+    session: &mut Session,
+    table: &Table,
+    path: &Path,
+    top: usize,
+) -> Result<QueryResult> {
+    let start = Instant::now();
+    let image = decode_file(path)?;
+    let decoded = Instant::now();
+    let (results, times) = look_up(session, table, &image, Region::Whole, top)?;
     Ok(QueryResult {
         results,
         latency_ms: Latency {
             decode: ms(start, decoded),
-            preprocess: ms(decoded, prepared),
-            embed: ms(prepared, embedded),
-            search: ms(embedded, searched),
-            total: ms(start, searched),
+            preprocess: times.preprocess,
+            embed: times.embed,
+            search: times.search,
+            total: ms(start, Instant::now()),
         },
     })
 }

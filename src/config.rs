@@ -1,0 +1,501 @@
+//! The kiosk's TOML configuration: one file, every field validated at start with an error that
+//! names the field, relative paths resolved against the file's folder, CLI overrides on top.
+//!
+//! Documented examples: `systemd/kiosk.toml` (a Raspberry Pi) and `demo/kiosk.toml` (simulation).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::resources;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub model: ModelConfig,
+    pub catalogue: CatalogueConfig,
+    pub camera: CameraConfig,
+    pub trigger: TriggerConfig,
+    pub display: DisplayConfig,
+    #[serde(default)]
+    pub kiosk: KioskConfig,
+    #[serde(default)]
+    pub scan_log: ScanLogConfig,
+}
+
+/// `[model]`: which network embeds the frames.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model manifest (default: the bundled int8 fashion ResNet50).
+    pub manifest: Option<PathBuf>,
+    /// Threads for the network's matrix products; 0 = all cores.
+    pub threads: usize,
+}
+
+impl ModelConfig {
+    /// The manifest to load: the configured one or the bundled default.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.manifest
+            .clone()
+            .unwrap_or_else(|| resources::locate(resources::DEFAULT_MODEL))
+    }
+
+    /// The thread count to use: the configured one, or all cores for 0.
+    pub fn thread_count(&self) -> usize {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.threads
+        }
+    }
+}
+
+/// `[catalogue]`: the embedding table to search (made by `fashion-kiosk index`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueConfig {
+    pub table: PathBuf,
+}
+
+/// Pixel format asked of a V4L2 camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormatChoice {
+    /// MJPEG when the camera offers it, else YUYV.
+    Auto,
+    Mjpeg,
+    Yuyv,
+}
+
+/// `[camera]`: where frames come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CameraConfig {
+    /// A V4L2 capture device.
+    V4l2 {
+        #[serde(default = "default_video_device")]
+        device: PathBuf,
+        #[serde(default = "default_width")]
+        width: u32,
+        #[serde(default = "default_height")]
+        height: u32,
+        #[serde(default = "default_pixel_format")]
+        format: PixelFormatChoice,
+        /// mmap buffers; few, so that stale frames are few to drop.
+        #[serde(default = "default_buffers")]
+        buffers: u32,
+    },
+    /// Simulated: the images of a folder in name order (cycling), or one image file.
+    Folder { path: PathBuf },
+}
+
+fn default_video_device() -> PathBuf {
+    PathBuf::from("/dev/video0")
+}
+fn default_width() -> u32 {
+    640
+}
+fn default_height() -> u32 {
+    480
+}
+fn default_pixel_format() -> PixelFormatChoice {
+    PixelFormatChoice::Auto
+}
+fn default_buffers() -> u32 {
+    2
+}
+
+/// GPIO library used for the button.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpioBackend {
+    /// rppal on a Raspberry Pi, gpiocdev elsewhere.
+    Auto,
+    Rppal,
+    Gpiocdev,
+}
+
+/// `[trigger]`: what counts as a press. SIGUSR1 is always one press as well.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TriggerConfig {
+    /// A push button between a GPIO pin and ground (internal pull-up, falling edge).
+    Gpio {
+        /// BCM pin number (rppal) or line offset on `chip` (gpiocdev).
+        pin: u8,
+        #[serde(default = "default_gpio_chip")]
+        chip: PathBuf,
+        #[serde(default = "default_gpio_backend")]
+        backend: GpioBackend,
+    },
+    /// Simulated: each line on standard input is a press; end of input stops the kiosk.
+    Stdin,
+    /// Simulated: each datagram on this Unix socket is a press.
+    Socket { path: PathBuf },
+    /// Only SIGUSR1 presses.
+    Signal,
+}
+
+fn default_gpio_chip() -> PathBuf {
+    PathBuf::from("/dev/gpiochip0")
+}
+fn default_gpio_backend() -> GpioBackend {
+    GpioBackend::Auto
+}
+
+/// `[display]`: where screens are shown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DisplayConfig {
+    /// An SSD1306 128×64 OLED on an I2C bus.
+    Ssd1306 {
+        #[serde(default = "default_i2c_bus")]
+        bus: PathBuf,
+        #[serde(default = "default_i2c_address")]
+        address: u8,
+    },
+    /// Simulated: every screen as a PNG in `screens` and/or drawn in the terminal.
+    Simulated {
+        screens: Option<PathBuf>,
+        /// Pixel scale of the PNGs (1–8).
+        #[serde(default = "default_scale")]
+        scale: u32,
+        #[serde(default)]
+        terminal: bool,
+    },
+    /// No display: headless.
+    None,
+}
+
+fn default_i2c_bus() -> PathBuf {
+    PathBuf::from("/dev/i2c-1")
+}
+fn default_i2c_address() -> u8 {
+    0x3c
+}
+fn default_scale() -> u32 {
+    1
+}
+
+/// `[kiosk]`: behaviour of the service loop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KioskConfig {
+    /// How long results stay on screen, seconds.
+    pub results_secs: f64,
+    /// Presses closer than this to the previous accepted press are contact bounce, ms.
+    pub debounce_ms: u64,
+    /// Items per scan kept in the scan log (the screen shows the first 3).
+    pub top: usize,
+    /// A scan taking longer than this is a hang: watchdog pings stop, seconds.
+    pub scan_timeout_secs: f64,
+    /// Longest wait between attempts to reopen a lost camera, seconds.
+    pub camera_retry_max_secs: f64,
+}
+
+impl Default for KioskConfig {
+    fn default() -> Self {
+        KioskConfig {
+            results_secs: 8.0,
+            debounce_ms: 50,
+            top: 5,
+            scan_timeout_secs: 30.0,
+            camera_retry_max_secs: 30.0,
+        }
+    }
+}
+
+impl KioskConfig {
+    pub fn results_for(&self) -> Duration {
+        Duration::from_secs_f64(self.results_secs)
+    }
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
+    }
+    pub fn scan_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.scan_timeout_secs)
+    }
+    pub fn camera_retry_max(&self) -> Duration {
+        Duration::from_secs_f64(self.camera_retry_max_secs)
+    }
+}
+
+/// `[scan_log]`: the JSON-lines record of every scan.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanLogConfig {
+    /// The log file; omitted = no scan log.
+    pub path: Option<PathBuf>,
+    /// Rotate when the file would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`scans.jsonl.1` … `.N`).
+    pub keep: u32,
+}
+
+impl Default for ScanLogConfig {
+    fn default() -> Self {
+        ScanLogConfig {
+            path: None,
+            max_bytes: 10 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+/// Command-line values that replace the file's.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub table: Option<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub scan_log: Option<PathBuf>,
+    pub screens: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads, parses, resolves and validates `path`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut config =
+            Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.apply(overrides);
+        config
+            .validate()
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (paths left as written).
+    pub fn parse(text: &str) -> Result<Self> {
+        // toml's message names the key and shows the line.
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(m) = self.model.manifest.as_mut() {
+            fix(m)
+        }
+        fix(&mut self.catalogue.table);
+        match &mut self.camera {
+            CameraConfig::Folder { path } => fix(path),
+            CameraConfig::V4l2 { .. } => {}
+        }
+        if let TriggerConfig::Socket { path } = &mut self.trigger {
+            fix(path)
+        }
+        if let DisplayConfig::Simulated {
+            screens: Some(dir), ..
+        } = &mut self.display
+        {
+            fix(dir)
+        }
+        if let Some(p) = self.scan_log.path.as_mut() {
+            fix(p)
+        }
+    }
+
+    /// Applies command-line overrides (already relative to the working directory).
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(t) = &o.table {
+            self.catalogue.table = t.clone();
+        }
+        if let Some(m) = &o.model {
+            self.model.manifest = Some(m.clone());
+        }
+        if let Some(s) = &o.scan_log {
+            self.scan_log.path = Some(s.clone());
+        }
+        if let Some(dir) = &o.screens {
+            match &mut self.display {
+                DisplayConfig::Simulated { screens, .. } => *screens = Some(dir.clone()),
+                other => {
+                    *other = DisplayConfig::Simulated {
+                        screens: Some(dir.clone()),
+                        scale: default_scale(),
+                        terminal: false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks every value's range; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if let CameraConfig::V4l2 {
+            width,
+            height,
+            buffers,
+            ..
+        } = &self.camera
+        {
+            if !(16..=8192).contains(width) {
+                bail!("camera.width = {width}: must be 16–8192 pixels");
+            }
+            if !(16..=8192).contains(height) {
+                bail!("camera.height = {height}: must be 16–8192 pixels");
+            }
+            if !(1..=8).contains(buffers) {
+                bail!("camera.buffers = {buffers}: must be 1–8");
+            }
+        }
+        if let TriggerConfig::Gpio { pin, .. } = &self.trigger {
+            if *pin > 63 {
+                bail!("trigger.pin = {pin}: must be a GPIO number 0–63");
+            }
+        }
+        match &self.display {
+            DisplayConfig::Ssd1306 { address, .. } if !(0x03..=0x77).contains(address) => {
+                bail!("display.address = {address:#04x}: must be a 7-bit I2C address 0x03–0x77");
+            }
+            DisplayConfig::Simulated { scale, .. } if !(1..=8).contains(scale) => {
+                bail!("display.scale = {scale}: must be 1–8");
+            }
+            DisplayConfig::Simulated {
+                screens: None,
+                terminal: false,
+                ..
+            } => bail!("display: a simulated display needs `screens` or `terminal = true`"),
+            _ => {}
+        }
+        let k = &self.kiosk;
+        if !(k.results_secs.is_finite() && (0.5..=600.0).contains(&k.results_secs)) {
+            bail!("kiosk.results_secs = {}: must be 0.5–600", k.results_secs);
+        }
+        if k.debounce_ms > 1000 {
+            bail!("kiosk.debounce_ms = {}: must be 0–1000", k.debounce_ms);
+        }
+        if !(1..=100).contains(&k.top) {
+            bail!("kiosk.top = {}: must be 1–100", k.top);
+        }
+        if !(k.scan_timeout_secs.is_finite() && (1.0..=3600.0).contains(&k.scan_timeout_secs)) {
+            bail!(
+                "kiosk.scan_timeout_secs = {}: must be 1–3600",
+                k.scan_timeout_secs
+            );
+        }
+        if !(k.camera_retry_max_secs.is_finite()
+            && (0.1..=3600.0).contains(&k.camera_retry_max_secs))
+        {
+            bail!(
+                "kiosk.camera_retry_max_secs = {}: must be 0.1–3600",
+                k.camera_retry_max_secs
+            );
+        }
+        if self.scan_log.max_bytes < 4096 {
+            bail!(
+                "scan_log.max_bytes = {}: must be at least 4096",
+                self.scan_log.max_bytes
+            );
+        }
+        if self.scan_log.keep > 100 {
+            bail!("scan_log.keep = {}: must be 0–100", self.scan_log.keep);
+        }
+        if self.model.threads > 256 {
+            bail!("model.threads = {}: must be 0–256", self.model.threads);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [catalogue]
+        table = "catalogue.fkt"
+        [camera]
+        kind = "folder"
+        path = "photos"
+        [trigger]
+        kind = "stdin"
+        [display]
+        kind = "simulated"
+        screens = "screens"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let mut config = Config::parse(MINIMAL).unwrap();
+        config.resolve_paths(Path::new("/etc/kiosk"));
+        config.validate().unwrap();
+        assert_eq!(
+            config.catalogue.table,
+            PathBuf::from("/etc/kiosk/catalogue.fkt")
+        );
+        assert!(
+            matches!(&config.camera, CameraConfig::Folder { path } if path == Path::new("/etc/kiosk/photos"))
+        );
+        assert_eq!(config.kiosk.debounce_ms, 50);
+        assert_eq!(config.scan_log.keep, 5);
+        assert!(config.scan_log.path.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                MINIMAL.replace("path = \"photos\"", "path = \"photos\"\nwidht = 3"),
+                "widht",
+            ),
+            (MINIMAL.replace("\"folder\"", "\"webcam\""), "webcam"),
+            (
+                format!("{MINIMAL}\n[kiosk]\ndebounce_ms = 5000\n"),
+                "kiosk.debounce_ms",
+            ),
+            (
+                format!("{MINIMAL}\n[kiosk]\nresults_secs = -1\n"),
+                "kiosk.results_secs",
+            ),
+            (format!("{MINIMAL}\n[kiosk]\ntop = 0\n"), "kiosk.top"),
+            (
+                MINIMAL.replace(
+                    "kind = \"simulated\"\n        screens = \"screens\"",
+                    "kind = \"ssd1306\"\naddress = 200",
+                ),
+                "display.address",
+            ),
+            (
+                MINIMAL.replace("kind = \"stdin\"", "kind = \"gpio\"\npin = 99"),
+                "trigger.pin",
+            ),
+            (
+                MINIMAL.replace("[catalogue]\n        table = \"catalogue.fkt\"", ""),
+                "catalogue",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = Config::parse(&text).and_then(|c| c.validate());
+            let message = format!("{:#}", err.expect_err(field));
+            assert!(message.contains(field), "{field}: {message}");
+        }
+    }
+
+    #[test]
+    fn overrides_replace_file_values() {
+        let mut config = Config::parse(MINIMAL).unwrap();
+        config.apply(&Overrides {
+            table: Some("other.fkt".into()),
+            scan_log: Some("scans.jsonl".into()),
+            screens: Some("out".into()),
+            model: None,
+        });
+        assert_eq!(config.catalogue.table, PathBuf::from("other.fkt"));
+        assert_eq!(config.scan_log.path, Some(PathBuf::from("scans.jsonl")));
+        assert!(
+            matches!(&config.display, DisplayConfig::Simulated { screens: Some(d), .. } if d == Path::new("out"))
+        );
+    }
+}

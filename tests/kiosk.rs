@@ -1,0 +1,525 @@
+//! End-to-end tests of `fashion-kiosk run` with simulated devices: a folder camera, presses as
+//! datagrams on a Unix socket (or lines on stdin), PNG screens, the scan log, systemd's notify
+//! socket, and signals. Screens are checked by their pixels against the shared renderer.
+
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fashion_kiosk::device::display::{Canvas, Screen};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fashion-kiosk");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Polls `ready` every 50 ms for up to two minutes (model loading and scans on a slow CI core).
+fn wait_for(what: &str, kiosk: &Kiosk, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > Duration::from_secs(120) {
+            panic!("timed out waiting for {what}; stderr:\n{}", kiosk.stderr());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A scene: a 6-item catalogue table, a camera folder of re-encoded, resized copies of three of
+/// its items (so the right top-1 id is known), and a config for a simulated kiosk.
+struct Scene {
+    dir: tempfile::TempDir,
+    camera_ids: Vec<String>,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let catalogue = dir.path().join("catalogue");
+        std::fs::create_dir(&catalogue).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(repo("demo/catalogue"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let picked: Vec<&String> = names.iter().step_by(names.len() / 6).take(6).collect();
+        for name in &picked {
+            std::fs::copy(repo("demo/catalogue").join(name), catalogue.join(name)).unwrap();
+        }
+        let out = Command::new(BIN)
+            .args(["index", "--catalogue"])
+            .arg(&catalogue)
+            .arg("--labels")
+            .arg(repo("demo/labels.csv"))
+            .arg("--out")
+            .arg(dir.path().join("catalogue.fkt"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        // The camera sees items 4, 1, 5 (in that order), smaller and re-compressed.
+        let camera = dir.path().join("camera");
+        std::fs::create_dir(&camera).unwrap();
+        let mut camera_ids = Vec::new();
+        for (frame, item) in [4usize, 1, 5].iter().enumerate() {
+            let image = image::open(catalogue.join(picked[*item]))
+                .unwrap()
+                .to_rgb8();
+            let image = image::imageops::resize(&image, 180, 180, image::imageops::Triangle);
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+                .encode_image(&image)
+                .unwrap();
+            std::fs::write(camera.join(format!("frame-{frame}.jpg")), jpeg).unwrap();
+            camera_ids.push(picked[*item].trim_end_matches(".jpg").to_string());
+        }
+        Scene { dir, camera_ids }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a config with `display` and `trigger` sections; returns its path.
+    fn config(&self, name: &str, trigger: &str, display: &str) -> PathBuf {
+        let text = format!(
+            r#"
+[catalogue]
+table = "catalogue.fkt"
+[camera]
+kind = "folder"
+path = "camera"
+[trigger]
+{trigger}
+[display]
+{display}
+[kiosk]
+results_secs = 1.0
+debounce_ms = 50
+top = 5
+camera_retry_max_secs = 0.5
+[scan_log]
+path = "logs/scans.jsonl"
+"#
+        );
+        let path = self.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// A running kiosk process with its stderr in a file and a systemd notify socket.
+struct Kiosk {
+    child: Child,
+    stderr_path: PathBuf,
+    /// What the kiosk told "systemd", read by a thread as systemd would (a full socket queue
+    /// would block the sender).
+    notices: Arc<Mutex<Vec<String>>>,
+}
+
+impl Kiosk {
+    fn start(scene: &Scene, config: &Path, stdin: Stdio) -> Kiosk {
+        let stderr_path = scene.path(&format!(
+            "stderr-{}.log",
+            config.file_stem().unwrap().to_str().unwrap()
+        ));
+        let notify_path = scene.path("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::clone(&notices);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok(n) = notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                received.lock().unwrap().push(text);
+            }
+        });
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("FASHION_KIOSK_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        Kiosk {
+            child,
+            stderr_path,
+            notices,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Whether a systemd notification so far had the line `what`.
+    fn notified(&self, what: &str) -> bool {
+        let notices = self.notices.lock().unwrap();
+        notices.iter().any(|n| n.lines().any(|l| l == what))
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while !self.notified("READY=1") {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("kiosk exited ({status}) before ready:\n{}", self.stderr());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "not ready:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kiosk did not stop:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Kiosk {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scan_log(scene: &Scene) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(scene.path("logs/scans.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each scan log line is JSON"))
+        .collect()
+}
+
+/// Every screen written so far, in order, as canvases.
+fn screens(dir: &Path) -> Vec<Canvas> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let image = image::open(p).unwrap().to_luma8();
+            assert_eq!(
+                image.dimensions(),
+                (256, 128),
+                "{} not at scale 2",
+                p.display()
+            );
+            Canvas::from_image(&image).unwrap()
+        })
+        .collect()
+}
+
+fn results_screen(record: &serde_json::Value) -> Screen {
+    Screen::Results {
+        items: record["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["score"].as_f64().unwrap() as f32,
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Whether the top `rows` pixel rows of `canvas` equal those of `screen` (for error screens,
+/// whose title bar is known and whose detail text is the error message).
+fn top_rows_match(canvas: &Canvas, screen: &Screen, rows: u32) -> bool {
+    let want = Canvas::of(screen);
+    (0..rows).all(|y| (0..128).all(|x| canvas.is_lit(x, y) == want.is_lit(x, y)))
+}
+
+fn press(socket: &Path) {
+    UnixDatagram::unbound()
+        .unwrap()
+        .send_to(b"press", socket)
+        .unwrap();
+}
+
+#[test]
+fn kiosk_scans_on_presses_survives_faults_and_reloads() {
+    let scene = Scene::new();
+    let config = scene.config(
+        "kiosk.toml",
+        "kind = \"socket\"\npath = \"trigger.sock\"",
+        "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2",
+    );
+    let mut kiosk = Kiosk::start(&scene, &config, Stdio::null());
+    kiosk.wait_ready();
+    let trigger = scene.path("trigger.sock");
+    let scene_ref = &scene;
+    let lines = |n: usize| move || scan_log(scene_ref).len() >= n;
+
+    // A bouncing contact: five datagrams within a millisecond are one press, one scan.
+    for _ in 0..5 {
+        press(&trigger);
+    }
+    wait_for("scan 1", &kiosk, lines(1));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(scan_log(&scene).len(), 1, "bounce caused a second scan");
+
+    // Two more presses: the camera's next two frames.
+    press(&trigger);
+    wait_for("scan 2", &kiosk, lines(2));
+    press(&trigger);
+    wait_for("scan 3", &kiosk, lines(3));
+    let log = scan_log(&scene);
+    for (record, id) in log.iter().zip(&scene.camera_ids) {
+        assert_eq!(record["outcome"], "ok", "{record}");
+        assert_eq!(record["results"][0]["id"], id.as_str(), "{record}");
+        assert!(
+            record["results"][0]["score"].as_f64().unwrap() > 0.8,
+            "{record}"
+        );
+        assert_eq!(record["results"].as_array().unwrap().len(), 5);
+        let latency = &record["latency_ms"];
+        for stage in [
+            "capture",
+            "preprocess",
+            "embed",
+            "search",
+            "display",
+            "total",
+        ] {
+            assert!(latency[stage].as_f64().unwrap() >= 0.0, "{stage}: {record}");
+        }
+        assert!(latency["total"].as_f64() > latency["embed"].as_f64());
+        assert!(record["time"].as_str().unwrap().ends_with('Z'));
+    }
+    assert!(
+        kiosk.notified("WATCHDOG=1"),
+        "no watchdog pings: {:?}",
+        kiosk.notices
+    );
+
+    // The camera is unplugged: the scan fails with a camera error, then the kiosk shows the
+    // idle screen again by itself once the camera is back.
+    let camera = scene.path("camera");
+    let unplugged = scene.path("camera-unplugged");
+    std::fs::rename(&camera, &unplugged).unwrap();
+    press(&trigger);
+    wait_for("scan 4", &kiosk, lines(4));
+    let failed = scan_log(&scene)[3].clone();
+    assert_eq!(failed["outcome"], "error", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("camera"),
+        "{failed}"
+    );
+    std::fs::rename(&unplugged, &camera).unwrap();
+    let idle = Canvas::of(&Screen::Idle { items: 6 });
+    wait_for("idle screen after the camera came back", &kiosk, || {
+        screens(&scene.path("screens")).last() == Some(&idle)
+    });
+    press(&trigger);
+    wait_for("scan 5", &kiosk, lines(5));
+    assert_eq!(
+        scan_log(&scene)[4]["results"][0]["id"],
+        scene.camera_ids[0].as_str()
+    );
+
+    // A bad table arrives (replaced atomically, as an installer would) and SIGHUP asks for a
+    // reload: refused, the error shown, the old table kept.
+    let bad = scene.path("incoming.fkt");
+    std::fs::write(&bad, b"FKTABLE\0 but not really a table").unwrap();
+    std::fs::rename(&bad, scene.path("catalogue.fkt")).unwrap();
+    kiosk.signal(libc::SIGHUP);
+    let reload_failed = Screen::Error {
+        title: "Reload failed".into(),
+        detail: String::new(),
+    };
+    wait_for("reload failure screen", &kiosk, || {
+        screens(&scene.path("screens"))
+            .last()
+            .is_some_and(|c| top_rows_match(c, &reload_failed, 19))
+    });
+    assert!(
+        kiosk.stderr().contains("reload refused"),
+        "{}",
+        kiosk.stderr()
+    );
+    press(&trigger);
+    wait_for("scan 6", &kiosk, lines(6));
+    assert_eq!(
+        scan_log(&scene)[5]["results"][0]["id"],
+        scene.camera_ids[1].as_str()
+    );
+
+    // SIGUSR1 is a press too.
+    kiosk.signal(libc::SIGUSR1);
+    wait_for("scan 7", &kiosk, lines(7));
+
+    kiosk.signal(libc::SIGTERM);
+    let status = kiosk.wait_exit();
+    assert!(status.success(), "{status}: {}", kiosk.stderr());
+    assert!(kiosk.notified("STOPPING=1"));
+
+    // The screens, by pixels: idle at start, each scan's results as the scan log has them, the
+    // camera error with the logged message, and "out of service" last.
+    let shown = screens(&scene.path("screens"));
+    assert!(shown.contains(&idle));
+    let log = scan_log(&scene);
+    for record in log.iter().filter(|r| r["outcome"] == "ok") {
+        assert!(
+            shown.contains(&Canvas::of(&results_screen(record))),
+            "no screen shows {record}"
+        );
+    }
+    let camera_error = Canvas::of(&Screen::Error {
+        title: "Camera offline".into(),
+        detail: failed["error"].as_str().unwrap().into(),
+    });
+    assert!(shown.contains(&camera_error));
+    assert!(shown
+        .iter()
+        .any(|c| *c == Canvas::of(&Screen::Scanning { tenths: 0 })));
+    assert_eq!(shown.last(), Some(&Canvas::of(&Screen::Stopped)));
+    assert!(!kiosk.stderr().contains("panicked"));
+}
+
+#[test]
+fn kiosk_without_its_display_runs_headless_and_stops_at_end_of_stdin() {
+    let scene = Scene::new();
+    let config = scene.config(
+        "headless.toml",
+        "kind = \"stdin\"",
+        "kind = \"ssd1306\"\nbus = \"/nonexistent/i2c-9\"",
+    );
+    let mut kiosk = Kiosk::start(&scene, &config, Stdio::piped());
+    kiosk.wait_ready();
+    let mut stdin = kiosk.child.stdin.take().unwrap();
+    stdin.write_all(b"\n").unwrap();
+    wait_for("a scan", &kiosk, || scan_log(&scene).len() == 1);
+    drop(stdin);
+    let status = kiosk.wait_exit();
+    assert!(status.success(), "{status}: {}", kiosk.stderr());
+    let err = kiosk.stderr();
+    assert!(
+        err.contains("running headless") && err.contains("/nonexistent/i2c-9"),
+        "{err}"
+    );
+    assert_eq!(
+        scan_log(&scene)[0]["results"][0]["id"],
+        scene.camera_ids[0].as_str()
+    );
+}
+
+#[test]
+fn kiosk_without_a_table_shows_why_and_exits_with_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiosk.toml");
+    std::fs::write(
+        &config,
+        "[catalogue]\ntable = \"missing.fkt\"\n[camera]\nkind = \"folder\"\npath = \"camera\"\n\
+         [trigger]\nkind = \"signal\"\n[display]\nkind = \"simulated\"\nscreens = \"screens\"\nscale = 2\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("missing.fkt") && !err.contains("panicked"),
+        "{err}"
+    );
+    let shown = screens(&dir.path().join("screens"));
+    let no_catalogue = Screen::Error {
+        title: "No catalogue".into(),
+        detail: String::new(),
+    };
+    assert!(top_rows_match(shown.last().unwrap(), &no_catalogue, 19));
+}
+
+#[test]
+fn check_reports_each_part_and_fails_on_a_missing_camera() {
+    let scene = Scene::new();
+    let config = scene.config(
+        "check.toml",
+        "kind = \"signal\"",
+        "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for part in [
+        "config",
+        "model",
+        "catalogue",
+        "camera",
+        "trigger",
+        "display",
+        "scan log",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(part) && l.contains(" ok ")),
+            "{part}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("(6 items)"), "{stdout}");
+
+    std::fs::remove_dir_all(scene.path("camera")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    let camera = stdout.lines().find(|l| l.starts_with("camera")).unwrap();
+    assert!(
+        camera.contains("FAIL") && camera.contains("camera"),
+        "{camera}"
+    );
+    assert!(stdout
+        .lines()
+        .any(|l| l.starts_with("model") && l.contains(" ok ")));
+}
