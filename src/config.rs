@@ -484,6 +484,26 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_examples_are_valid() {
+        for (name, text) in [
+            ("systemd/kiosk.toml", include_str!("../systemd/kiosk.toml")),
+            ("demo/kiosk.toml", include_str!("../demo/kiosk.toml")),
+        ] {
+            let config = Config::parse(text).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+        let pi = Config::parse(include_str!("../systemd/kiosk.toml")).unwrap();
+        assert!(matches!(pi.camera, CameraConfig::V4l2 { buffers: 2, .. }));
+        assert!(matches!(pi.trigger, TriggerConfig::Gpio { pin: 17, .. }));
+        assert!(matches!(
+            pi.display,
+            DisplayConfig::Ssd1306 { address: 0x3c, .. }
+        ));
+    }
+
+    #[test]
     fn overrides_replace_file_values() {
         let mut config = Config::parse(MINIMAL).unwrap();
         config.apply(&Overrides {

@@ -454,14 +454,17 @@ pub fn run(config: &Config) -> Result<()> {
             State::Scanning { pressed } => Screen::Scanning {
                 tenths: (now.saturating_duration_since(pressed).as_millis() / 500 * 5) as u32,
             },
+            // A notice (a refused reload) shows at once, over results, for its time.
+            _ if notice.as_ref().is_some_and(|(_, until)| now < *until) => {
+                notice.as_ref().expect("checked").0.clone()
+            }
             State::Showing { .. } => last_outcome.clone().unwrap_or(Screen::Idle { items }),
-            State::Idle => match (&notice, &camera_fault) {
-                (Some((screen, until)), _) if now < *until => screen.clone(),
-                (_, Some(fault)) => Screen::Error {
+            State::Idle => match &camera_fault {
+                Some(fault) => Screen::Error {
                     title: "Camera offline".into(),
                     detail: fault.clone(),
                 },
-                _ => Screen::Idle { items },
+                None => Screen::Idle { items },
             },
         };
         screens.show(screen);

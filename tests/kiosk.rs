@@ -366,8 +366,8 @@ fn kiosk_scans_on_presses_survives_faults_and_reloads() {
     };
     wait_for("reload failure screen", &kiosk, || {
         screens(&scene.path("screens"))
-            .last()
-            .is_some_and(|c| top_rows_match(c, &reload_failed, 19))
+            .iter()
+            .any(|c| top_rows_match(c, &reload_failed, 19))
     });
     assert!(
         kiosk.stderr().contains("reload refused"),

@@ -25,10 +25,28 @@ rm -rf "$work/kernel" "$work/initramfs"
 dpkg-deb -x "$deb" "$work/kernel"
 kver=$(ls "$work/kernel/lib/modules")
 moddir=$work/kernel/lib/modules/$kver
-vivid=$(grep -o '^kernel/drivers/media/test-drivers/vivid/vivid.ko[^:]*' "$moddir/modules.dep")
-# modules.dep lists what vivid needs; load those last-listed first, vivid last.
-deps=$(grep "^$vivid:" "$moddir/modules.dep" | cut -d: -f2)
-order=$(for m in $deps; do echo "$m"; done | tac; echo "$vivid")
+# Debian ships no modules.dep (depmod makes it on install): follow each module's `depends=`
+# (its .modinfo) through modules.order, dependencies first.
+module_path() { # module name (- or _) → path relative to $moddir
+    grep -E "/$(echo "$1" | sed 's/[-_]/[-_]/g')\.ko(\.xz|\.zst)?$" "$moddir/modules.order" | head -1
+}
+order=""
+add_module() {
+    local path
+    path=$(module_path "$1")
+    [ -n "$path" ] || { echo "module $1 not found" >&2; exit 1; }
+    case " $order " in *" $path "*) return ;; esac
+    local file=$moddir/$path deps
+    case "$file" in
+        *.xz) deps=$(xz -dc "$file" | strings -a | sed -n 's/^depends=//p') ;;
+        *.zst) deps=$(zstd -dqc "$file" | strings -a | sed -n 's/^depends=//p') ;;
+        *) deps=$(strings -a "$file" | sed -n 's/^depends=//p') ;;
+    esac
+    for dep in $(echo "$deps" | tr ',' ' '); do add_module "$dep"; done
+    order="$order $path"
+}
+add_module vivid
+echo "modules:$order"
 
 echo "== initramfs"
 ir=$work/initramfs
@@ -62,11 +80,11 @@ echo "capture check exited $?"
 poweroff -f
 INIT
 chmod +x "$ir/init"
-(cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1 > "$work/initramfs.cpio.gz")
+(cd "$ir" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > "$work/initramfs.cpio.gz")
 
 echo "== boot (kernel $kver)"
 start=$(date +%s)
-timeout 600 qemu-system-x86_64 -m 1024 -smp 1 -accel tcg -nographic -no-reboot \
+timeout 600 qemu-system-x86_64 -m 1024 -smp 1 -accel tcg -nographic -no-reboot -nic none \
     -kernel "$work/kernel/boot/vmlinuz-$kver" -initrd "$work/initramfs.cpio.gz" \
     -append "console=ttyS0 quiet panic=-1" | tee "$work/console.log"
 echo "== VM ran $(( $(date +%s) - start )) s"
