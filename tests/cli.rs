@@ -3,9 +3,9 @@
 //! names the file, a non-zero exit, no panic and no damage to a good table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fashion-kiosk");
+mod common;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -16,7 +16,7 @@ fn int8_manifest() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    common::fashion_kiosk()
         .args(args)
         .env("FASHION_KIOSK_LOG", "info")
         .output()

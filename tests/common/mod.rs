@@ -1,0 +1,20 @@
+//! What the end-to-end tests share: how to start the `fashion-kiosk` binary.
+
+use std::process::Command;
+
+/// A command for the binary under test. Cross tests run under an emulator (the cargo runner
+/// starts the test binaries, but not the processes they spawn): `FASHION_KIOSK_TEST_RUNNER`, e.g.
+/// `qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu`, is put in front of the binary.
+pub fn fashion_kiosk() -> Command {
+    let bin = env!("CARGO_BIN_EXE_fashion-kiosk");
+    let runner = std::env::var("FASHION_KIOSK_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(emulator) => {
+            let mut command = Command::new(emulator);
+            command.args(words).arg(bin);
+            command
+        }
+        None => Command::new(bin),
+    }
+}

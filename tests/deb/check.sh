@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Checks a built fashion-kiosk .deb: control fields, contents, conffiles, the binary's
+# architecture, the model's checksum, the unit (systemd-analyze verify against the package's
+# files), what the maintainer scripts do (run with recording stubs), and lintian.
+#   tests/deb/check.sh target/debian/fashion-kiosk_0.1.0_arm64.deb
+set -euo pipefail
+deb=$(realpath "$1")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL $deb: $*" >&2; exit 1; }
+
+arch=$(dpkg-deb -f "$deb" Architecture)
+case "$arch" in
+    arm64) machine=AArch64 ;;
+    armhf) machine=ARM ;;
+    *) fail "unexpected architecture $arch" ;;
+esac
+[ "$(dpkg-deb -f "$deb" Package)" = fashion-kiosk ] || fail "package name"
+dpkg-deb -f "$deb" Depends | grep -q 'libc6 (>= 2\.[0-9]*)' || fail "no libc6 version in Depends"
+echo "control: $(dpkg-deb -f "$deb" Package Version Architecture Depends | tr '\n' ' ')"
+
+dpkg-deb --contents "$deb" > "$work/contents"
+for path in ./usr/bin/fashion-kiosk ./lib/systemd/system/fashion-kiosk.service \
+    ./etc/fashion-kiosk/kiosk.toml \
+    ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.onnx \
+    ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.manifest.json \
+    ./usr/share/fashion-kiosk/demo/labels.csv ./usr/share/fashion-kiosk/demo/kiosk.toml \
+    ./usr/share/doc/fashion-kiosk/copyright ./usr/share/doc/fashion-kiosk/README.md; do
+    grep -q " $path\$" "$work/contents" || fail "missing $path"
+done
+grep -q '^-rwxr-xr-x root/root .* ./usr/bin/fashion-kiosk$' "$work/contents" || fail "binary mode/owner"
+images=$(grep -c ' ./usr/share/fashion-kiosk/demo/catalogue/.*\.jpg$' "$work/contents")
+[ "$images" = 300 ] || fail "$images demo catalogue images, expected 300"
+echo "contents: $(wc -l < "$work/contents") entries, $images demo images"
+
+dpkg-deb --ctrl-tarfile "$deb" | tar -x -C "$work" ./conffiles ./postinst ./prerm ./postrm
+[ "$(cat "$work/conffiles")" = /etc/fashion-kiosk/kiosk.toml ] || fail "conffiles"
+for script in postinst prerm postrm; do sh -n "$work/$script" || fail "$script syntax"; done
+
+root=$work/root
+dpkg-deb -x "$deb" "$root"
+readelf -h "$root/usr/bin/fashion-kiosk" | grep -q "Machine:.*$machine" || fail "binary is not $machine"
+manifest_sha=$(sed -n 's/.*"sha256": *"\([0-9a-f]*\)".*/\1/p' "$root/usr/share/fashion-kiosk/models/fashion-resnet50-int8.manifest.json")
+[ "$(sha256sum < "$root/usr/share/fashion-kiosk/models/fashion-resnet50-int8.onnx" | cut -d' ' -f1)" = "$manifest_sha" ] \
+    || fail "model does not match its manifest's sha256"
+echo "binary: $machine, $(stat -c %s "$root/usr/bin/fashion-kiosk") bytes; model matches its manifest"
+
+# The unit against the package's own files (and the host's systemd units for the targets).
+mkdir -p "$root/bin" "$root/etc/systemd/system"
+cp /bin/kill "$root/bin/kill"
+cp -an /lib/systemd/system/. "$root/lib/systemd/system/"
+verify=$(systemd-analyze verify --root="$root" fashion-kiosk.service 2>&1) || fail "systemd-analyze verify: $verify"
+[ -z "$verify" ] || fail "systemd-analyze verify warned: $verify"
+echo "unit: systemd-analyze verify clean"
+
+# Maintainer scripts, run with stubs that record each command instead of changing the system.
+stubs=$work/stubs
+mkdir -p "$stubs"
+for cmd in getent addgroup adduser deluser install deb-systemd-helper deb-systemd-invoke systemctl rm; do
+    printf '#!/bin/sh\necho "%s $*" >> "%s/calls"\n[ "%s" != getent ]\n' "$cmd" "$work" "$cmd" > "$stubs/$cmd"
+    chmod +x "$stubs/$cmd"
+done
+PATH="$stubs:$PATH" sh "$work/postinst" configure > "$work/postinst.out"
+grep -qx 'adduser --quiet --system --group --no-create-home --home /var/lib/fashion-kiosk --gecos fashion-kiosk service fashion-kiosk' "$work/calls" \
+    || fail "postinst does not create the system user: $(cat "$work/calls")"
+for group in video i2c gpio; do
+    grep -qx "adduser --quiet fashion-kiosk $group" "$work/calls" || fail "postinst does not add the user to $group"
+done
+grep -qx 'deb-systemd-helper enable fashion-kiosk.service' "$work/calls" || fail "postinst does not enable the unit"
+grep -q '^install -d -o fashion-kiosk -g fashion-kiosk -m 0750 /var/lib/fashion-kiosk /var/log/fashion-kiosk$' "$work/calls" \
+    || fail "postinst does not make the state and log folders"
+: > "$work/calls"
+PATH="$stubs:$PATH" sh "$work/prerm" remove
+PATH="$stubs:$PATH" sh "$work/postrm" remove
+grep -qx 'deb-systemd-helper mask fashion-kiosk.service' "$work/calls" || fail "postrm remove does not mask the unit"
+! grep -q '^rm \|^deluser' "$work/calls" || fail "postrm remove deletes data"
+: > "$work/calls"
+PATH="$stubs:$PATH" sh "$work/postrm" purge
+grep -qx 'rm -rf /var/lib/fashion-kiosk /var/log/fashion-kiosk' "$work/calls" || fail "postrm purge keeps the data"
+grep -qx 'deb-systemd-helper purge fashion-kiosk.service' "$work/calls" || fail "postrm purge keeps the unit state"
+echo "maintainer scripts: user, groups, folders and unit on configure; data kept on remove, gone on purge"
+
+if command -v lintian >/dev/null; then
+    lintian --fail-on error,warning "$deb" || fail "lintian"
+    echo "lintian: no errors or warnings"
+fi
+echo "OK $deb"
