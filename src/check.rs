@@ -1,5 +1,6 @@
 //! `fashion-kiosk check`: the installer's first command. Tries the model, the table, the camera,
-//! the trigger, the display and the scan log of a config, and reports each as ok or failing.
+//! the scene calibration, the trigger, the display and the scan log of a config, and reports each
+//! as ok or failing.
 
 use std::time::Instant;
 
@@ -28,6 +29,13 @@ fn finding(part: &'static str, outcome: Result<String>) -> Finding {
                 message
             }
         }),
+    }
+}
+
+fn describe_region(region: Option<[u32; 4]>) -> String {
+    match region {
+        Some([x, y, w, h]) => format!("the region {w}×{h} at ({x}, {y})"),
+        None => "the centre of the frame".into(),
     }
 }
 
@@ -74,6 +82,28 @@ pub fn check(config: &Config) -> Vec<Finding> {
         }),
     ));
     findings.push(finding(
+        "scene",
+        match (&config.scene.reference, config.scene.region) {
+            (Some(path), region) => crate::foreground::load_reference(path).map(|r| match r {
+                Some(r) => format!(
+                    "calibrated ({}, {}×{})",
+                    path.display(),
+                    r.width(),
+                    r.height()
+                ),
+                None => format!(
+                    "not calibrated ({} missing: run `fashion-kiosk calibrate`); using {}",
+                    path.display(),
+                    describe_region(region)
+                ),
+            }),
+            (None, region) => Ok(format!(
+                "no reference configured; using {}",
+                describe_region(region)
+            )),
+        },
+    ));
+    findings.push(finding(
         "trigger",
         device::open_trigger(&config.trigger, config.kiosk.debounce()).map(|t| match t {
             Some(t) => format!("{} (and SIGUSR1)", t.describe()),
@@ -84,7 +114,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
         "display",
         device::open_display(&config.display).and_then(|d| match d {
             Some(mut d) => {
-                d.show(&Screen::Error {
+                d.show(&Screen::Message {
                     title: "Check".into(),
                     detail: "fashion-kiosk check: display ok".into(),
                 })?;

@@ -22,6 +22,8 @@ pub struct Config {
     pub trigger: TriggerConfig,
     pub display: DisplayConfig,
     #[serde(default)]
+    pub scene: SceneConfig,
+    #[serde(default)]
     pub kiosk: KioskConfig,
     #[serde(default)]
     pub scan_log: ScanLogConfig,
@@ -108,6 +110,30 @@ fn default_pixel_format() -> PixelFormatChoice {
 }
 fn default_buffers() -> u32 {
     2
+}
+
+/// `[scene]`: how the item is found in the camera's frame.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SceneConfig {
+    /// The empty scene of the fixed camera, written by `calibrate`; used whenever it exists: the
+    /// item is what differs from it.
+    pub reference: Option<PathBuf>,
+    /// Without a reference: the part of the frame to embed, `[x, y, width, height]`; without
+    /// either, the centred square of the frame.
+    pub region: Option<[u32; 4]>,
+    /// Frames `calibrate` averages into the reference.
+    pub calibration_frames: u32,
+}
+
+impl Default for SceneConfig {
+    fn default() -> Self {
+        SceneConfig {
+            reference: None,
+            region: None,
+            calibration_frames: 8,
+        }
+    }
 }
 
 /// GPIO library used for the button.
@@ -304,6 +330,9 @@ impl Config {
         if let Some(p) = self.scan_log.path.as_mut() {
             fix(p)
         }
+        if let Some(p) = self.scene.reference.as_mut() {
+            fix(p)
+        }
     }
 
     /// Applies command-line overrides (already relative to the working directory).
@@ -368,6 +397,17 @@ impl Config {
                 ..
             } => bail!("display: a simulated display needs `screens` or `terminal = true`"),
             _ => {}
+        }
+        if let Some([x, y, w, h]) = self.scene.region {
+            if w < 16 || h < 16 || x.checked_add(w).is_none() || y.checked_add(h).is_none() {
+                bail!("scene.region = [{x}, {y}, {w}, {h}]: width and height must be at least 16");
+            }
+        }
+        if !(1..=64).contains(&self.scene.calibration_frames) {
+            bail!(
+                "scene.calibration_frames = {}: must be 1–64",
+                self.scene.calibration_frames
+            );
         }
         let k = &self.kiosk;
         if !(k.results_secs.is_finite() && (0.5..=600.0).contains(&k.results_secs)) {
@@ -474,6 +514,14 @@ mod tests {
             (
                 MINIMAL.replace("[catalogue]\n        table = \"catalogue.fkt\"", ""),
                 "catalogue",
+            ),
+            (
+                format!("{MINIMAL}\n[scene]\nregion = [0, 0, 4, 300]\n"),
+                "scene.region",
+            ),
+            (
+                format!("{MINIMAL}\n[scene]\ncalibration_frames = 0\n"),
+                "scene.calibration_frames",
             ),
         ];
         for (text, field) in cases {

@@ -13,10 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::catalogue::{Element, Item, Table, TableBuilder};
 use crate::labels::Labels;
 use crate::model::Embedder;
-use crate::preprocess::{decode_bytes, Region};
-
-/// File extensions taken as catalogue images (case-insensitive).
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+use crate::preprocess::{decode_bytes, is_image_name, Region};
 
 /// What `index` should do.
 pub struct IndexJob<'a> {
@@ -171,11 +168,7 @@ fn list_images(dir: &Path, report: &mut IndexReport) -> Result<Vec<Candidate>> {
         if file_name.starts_with('.') || !entry.path().is_file() {
             continue;
         }
-        let is_image = Path::new(&file_name)
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
-        if is_image {
+        if is_image_name(Path::new(&file_name)) {
             candidates.push(Candidate {
                 path: entry.path(),
                 file_name,

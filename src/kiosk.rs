@@ -6,17 +6,20 @@
 //! starts a scan: contact bounce is ignored, presses during a scan are coalesced into at most one
 //! queued scan.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use image::RgbImage;
 use serde::Serialize;
 
 use crate::catalogue::Table;
-use crate::config::{CameraConfig, Config};
+use crate::config::{CameraConfig, Config, SceneConfig};
 use crate::device::{self, Camera, Display, Screen};
+use crate::foreground::{self, Foreground};
 use crate::model::{self, Embedder, Session};
 use crate::preprocess::Region;
 use crate::query::{self, ms, Recommendation};
@@ -138,9 +141,13 @@ impl Machine {
 
 /// What the worker is asked to do.
 enum Request {
-    Scan { pressed: Instant },
+    Scan {
+        pressed: Instant,
+    },
     ProbeCamera,
     SetTable(Arc<Table>),
+    /// Capture the empty scene into the reference file and use it from now on.
+    Calibrate,
 }
 
 /// What happens, in the order it happens.
@@ -151,6 +158,9 @@ enum Event {
     Shutdown(&'static str),
     Scanned(Box<ScanReport>),
     Camera(Result<String, String>),
+    /// SIGUSR2: recalibrate.
+    CalibrateRequested,
+    Calibrated(Result<String, String>),
 }
 
 /// Milliseconds per stage of one scan, press to screen.
@@ -159,6 +169,8 @@ pub struct ScanLatency {
     /// Press to scan start (non-zero for a queued scan).
     pub wait: f64,
     pub capture: f64,
+    /// Finding the item against the empty scene.
+    pub foreground: f64,
     pub preprocess: f64,
     pub embed: f64,
     pub search: f64,
@@ -170,7 +182,10 @@ pub struct ScanLatency {
 /// One scan's outcome, as the worker reports it.
 struct ScanReport {
     pressed: Instant,
-    outcome: Result<Vec<Recommendation>, ScanFailure>,
+    /// How the item was found: "reference", "region" or "centre".
+    region: &'static str,
+    /// The items, or `None` when the frame held nothing but the empty scene.
+    outcome: Result<Option<Vec<Recommendation>>, ScanFailure>,
     latency: ScanLatency,
 }
 
@@ -202,13 +217,24 @@ struct LoggedItem<'a> {
     score: f32,
 }
 
-/// The scanning side: camera, model session and table, on its own thread.
+/// The scanning side: camera, model session, table and empty-scene reference, on its own thread.
 struct Scanner {
     camera_config: CameraConfig,
     camera: Option<Box<dyn Camera>>,
     session: Session,
     table: Arc<Table>,
     top: usize,
+    scene: SceneConfig,
+    reference: Option<RgbImage>,
+}
+
+/// Captures `frames` frames of the empty scene from `camera` and averages them.
+pub fn capture_reference(camera: &mut dyn Camera, frames: u32) -> Result<RgbImage> {
+    let frames = (0..frames)
+        .map(|_| camera.capture())
+        .collect::<Result<Vec<_>>>()
+        .context("capturing the empty scene")?;
+    foreground::average(&frames)
 }
 
 impl Scanner {
@@ -238,30 +264,85 @@ impl Scanner {
                 self.camera = None;
                 return ScanReport {
                     pressed,
+                    region: "none",
                     outcome: Err(ScanFailure::Camera(message)),
                     latency,
                 };
             }
         };
-        let outcome = query::look_up(
-            &mut self.session,
-            &self.table,
-            &frame,
-            Region::Whole,
-            self.top,
-        )
-        .map(|(results, times)| {
-            latency.preprocess = times.preprocess;
-            latency.embed = times.embed;
-            latency.search = times.search;
-            results
-        })
-        .map_err(|e| ScanFailure::Model(format!("{e:#}")));
+        let isolating = Instant::now();
+        let (region, subject) = match (&self.reference, self.scene.region) {
+            (Some(reference), _) => match foreground::isolate(&frame, reference) {
+                Ok(Foreground::Item { image, .. }) => ("reference", Cow::Owned(image)),
+                Ok(Foreground::Nothing { .. }) => {
+                    latency.foreground = ms(isolating, Instant::now());
+                    return ScanReport {
+                        pressed,
+                        region: "reference",
+                        outcome: Ok(None),
+                        latency,
+                    };
+                }
+                Err(e) => {
+                    return ScanReport {
+                        pressed,
+                        region: "reference",
+                        outcome: Err(ScanFailure::Model(format!("{e:#}"))),
+                        latency,
+                    }
+                }
+            },
+            (None, Some(_)) => ("region", Cow::Borrowed(&frame)),
+            (None, None) => ("centre", Cow::Borrowed(&frame)),
+        };
+        latency.foreground = ms(isolating, Instant::now());
+        let area = match (region, self.scene.region) {
+            ("region", Some([x, y, width, height])) => Region::Rect {
+                x,
+                y,
+                width,
+                height,
+            },
+            _ => Region::Whole,
+        };
+        let outcome = query::look_up(&mut self.session, &self.table, &subject, area, self.top)
+            .map(|(results, times)| {
+                latency.preprocess = times.preprocess;
+                latency.embed = times.embed;
+                latency.search = times.search;
+                Some(results)
+            })
+            .map_err(|e| ScanFailure::Model(format!("{e:#}")));
         ScanReport {
             pressed,
+            region,
             outcome,
             latency,
         }
+    }
+
+    fn calibrate(&mut self) -> Result<String, String> {
+        let path = self
+            .scene
+            .reference
+            .clone()
+            .ok_or("scene.reference is not set in the config")?;
+        let frames = self.scene.calibration_frames;
+        let camera = self.ensure_camera()?;
+        let reference = capture_reference(camera.as_mut(), frames).map_err(|e| {
+            // The camera may be gone: reopen it next time.
+            format!("{e:#}")
+        });
+        let reference = match reference {
+            Ok(reference) => reference,
+            Err(e) => {
+                self.camera = None;
+                return Err(e);
+            }
+        };
+        foreground::save_reference(&path, &reference).map_err(|e| format!("{e:#}"))?;
+        self.reference = Some(reference);
+        Ok(path.display().to_string())
     }
 
     fn serve(mut self, requests: Receiver<Request>, events: Sender<Event>, threads: usize) {
@@ -276,6 +357,7 @@ impl Scanner {
                         self.table = table;
                         continue;
                     }
+                    Request::Calibrate => Event::Calibrated(self.calibrate()),
                 };
                 if events.send(event).is_err() {
                     break;
@@ -333,7 +415,7 @@ pub fn load_table(embedder: &Embedder, path: &std::path::Path) -> Result<Table> 
 
 /// A short title for an error screen, from a failure at start.
 fn startup_error(title: &str, screens: &mut Screens, err: anyhow::Error) -> anyhow::Error {
-    screens.show(Screen::Error {
+    screens.show(Screen::Message {
         title: title.into(),
         detail: format!("{err:#}"),
     });
@@ -363,7 +445,7 @@ pub fn run(config: &Config) -> Result<()> {
         current: None,
         failed: false,
     };
-    screens.show(Screen::Error {
+    screens.show(Screen::Message {
         title: "Starting".into(),
         detail: "Loading the model and the catalogue".into(),
     });
@@ -383,6 +465,28 @@ pub fn run(config: &Config) -> Result<()> {
         manifest.display(),
         config.catalogue.table.display()
     );
+
+    // The empty scene, if calibrated: a bad file is reported, and the kiosk runs without it.
+    let reference = match &config.scene.reference {
+        Some(path) => match foreground::load_reference(path) {
+            Ok(Some(reference)) => {
+                tracing::info!("scene: calibrated ({})", path.display());
+                Some(reference)
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    "scene: not calibrated yet ({} missing): run `fashion-kiosk calibrate`",
+                    path.display()
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!("scene: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
 
     let mut scan_log = match &config.scan_log.path {
         Some(path) => Some(ScanLog::open(
@@ -412,6 +516,8 @@ pub fn run(config: &Config) -> Result<()> {
         session,
         table: Arc::new(table),
         top: config.kiosk.top,
+        scene: config.scene.clone(),
+        reference,
     };
     let threads = config.model.thread_count();
     let worker_events = events_tx.clone();
@@ -446,6 +552,8 @@ pub fn run(config: &Config) -> Result<()> {
     let mut notice: Option<(Screen, Instant)> = None;
     let mut scans = 0u64;
     let mut stop_when_idle = false;
+    // When the empty scene will be captured (after the operator had time to step away).
+    let mut calibrate_at: Option<Instant> = None;
 
     loop {
         let now = Instant::now();
@@ -454,13 +562,14 @@ pub fn run(config: &Config) -> Result<()> {
             State::Scanning { pressed } => Screen::Scanning {
                 tenths: (now.saturating_duration_since(pressed).as_millis() / 500 * 5) as u32,
             },
-            // A notice (a refused reload) shows at once, over results, for its time.
+            _ if calibrate_at.is_some() => Screen::Calibrating,
+            // A notice (a refused reload, a calibration) shows at once, over results, for its time.
             _ if notice.as_ref().is_some_and(|(_, until)| now < *until) => {
                 notice.as_ref().expect("checked").0.clone()
             }
             State::Showing { .. } => last_outcome.clone().unwrap_or(Screen::Idle { items }),
             State::Idle => match &camera_fault {
-                Some(fault) => Screen::Error {
+                Some(fault) => Screen::Message {
                     title: "Camera offline".into(),
                     detail: fault.clone(),
                 },
@@ -477,7 +586,7 @@ pub fn run(config: &Config) -> Result<()> {
         // A hung scan is a fault systemd should see: stop and let it restart the service.
         if let Some(started) = scan_started {
             if now - started > config.kiosk.scan_timeout() {
-                screens.show(Screen::Error {
+                screens.show(Screen::Message {
                     title: "Scan hung".into(),
                     detail: "restarting".into(),
                 });
@@ -491,6 +600,13 @@ pub fn run(config: &Config) -> Result<()> {
             if now - last_ping >= every {
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 last_ping = now;
+            }
+        }
+        if let Some(at) = calibrate_at {
+            if now >= at && !matches!(machine.state(), State::Scanning { .. }) {
+                send(Request::Calibrate)?;
+                // Scans wait until the reference is taken: the worker runs requests in order.
+                calibrate_at = None;
             }
         }
         if let Some(at) = next_probe {
@@ -515,6 +631,9 @@ pub fn run(config: &Config) -> Result<()> {
             }
         }
         if let Some(at) = next_probe {
+            wake = wake.min(at);
+        }
+        if let Some(at) = calibrate_at {
             wake = wake.min(at);
         }
         if let Some(every) = ping_every {
@@ -544,12 +663,13 @@ pub fn run(config: &Config) -> Result<()> {
                 let finished = Instant::now();
                 let (next, coalesced) = machine.scan_finished(finished);
                 let (outcome_screen, error) = match &report.outcome {
-                    Ok(results) => (
+                    Ok(Some(results)) => (
                         Screen::Results {
                             items: results.iter().map(|r| (r.id.clone(), r.score)).collect(),
                         },
                         None,
                     ),
+                    Ok(None) => (Screen::NothingToScan, None),
                     Err(ScanFailure::Camera(message)) => {
                         if camera_fault.is_none() {
                             tracing::warn!("camera lost: {message}");
@@ -557,7 +677,7 @@ pub fn run(config: &Config) -> Result<()> {
                         camera_fault = Some(message.clone());
                         next_probe.get_or_insert(finished + retry_delay);
                         (
-                            Screen::Error {
+                            Screen::Message {
                                 title: "Camera offline".into(),
                                 detail: message.clone(),
                             },
@@ -565,7 +685,7 @@ pub fn run(config: &Config) -> Result<()> {
                         )
                     }
                     Err(ScanFailure::Model(message)) => (
-                        Screen::Error {
+                        Screen::Message {
                             title: "Scan failed".into(),
                             detail: message.clone(),
                         },
@@ -622,7 +742,7 @@ pub fn run(config: &Config) -> Result<()> {
                     Err(e) => {
                         tracing::error!("reload refused, keeping the previous catalogue: {e:#}");
                         notice = Some((
-                            Screen::Error {
+                            Screen::Message {
                                 title: "Reload failed".into(),
                                 detail: format!("{e:#}"),
                             },
@@ -633,6 +753,29 @@ pub fn run(config: &Config) -> Result<()> {
                 notify(&[sd_notify::NotifyState::Status(&format!(
                     "ready: {items} items"
                 ))]);
+            }
+            Event::CalibrateRequested => {
+                tracing::info!("calibration requested: capturing the empty scene in 3 s");
+                calibrate_at = Some(Instant::now() + Duration::from_secs(3));
+            }
+            Event::Calibrated(result) => {
+                let screen = match result {
+                    Ok(path) => {
+                        tracing::info!("calibrated: the empty scene is in {path}");
+                        Screen::Message {
+                            title: "Calibrated".into(),
+                            detail: "The empty scene is saved".into(),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("calibration failed: {e}");
+                        Screen::Message {
+                            title: "Calibration".into(),
+                            detail: format!("failed: {e}"),
+                        }
+                    }
+                };
+                notice = Some((screen, Instant::now() + config.kiosk.results_for()));
             }
             Event::TriggerEnded => {
                 tracing::info!("trigger input ended");
@@ -659,36 +802,46 @@ fn log_scan(
     latency: &ScanLatency,
 ) {
     let results: Vec<LoggedItem> = match &report.outcome {
-        Ok(results) => results
+        Ok(Some(results)) => results
             .iter()
             .map(|r| LoggedItem {
                 id: &r.id,
                 score: r.score,
             })
             .collect(),
-        Err(_) => Vec::new(),
+        Ok(None) | Err(_) => Vec::new(),
     };
-    match results.first() {
-        Some(best) => tracing::info!(
-            "scan {scan}: {} ({:.3}) … in {:.0} ms",
-            best.id,
-            best.score,
-            latency.total
-        ),
-        None => tracing::warn!(
-            "scan {scan} failed: {}",
-            error.as_deref().unwrap_or("unknown")
-        ),
-    }
+    let outcome = match (&report.outcome, results.first()) {
+        (Ok(_), Some(best)) => {
+            tracing::info!(
+                "scan {scan}: {} ({:.3}) … in {:.0} ms",
+                best.id,
+                best.score,
+                latency.total
+            );
+            "ok"
+        }
+        (Ok(_), None) => {
+            tracing::info!("scan {scan}: nothing in front of the camera");
+            "nothing"
+        }
+        (Err(_), _) => {
+            tracing::warn!(
+                "scan {scan} failed: {}",
+                error.as_deref().unwrap_or("unknown")
+            );
+            "error"
+        }
+    };
     let Some(log) = scan_log.as_mut() else {
         return;
     };
     let record = ScanRecord {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         scan,
-        outcome: if error.is_none() { "ok" } else { "error" },
+        outcome,
         error,
-        region: "whole",
+        region: report.region,
         results,
         coalesced,
         latency_ms: latency,
@@ -699,9 +852,10 @@ fn log_scan(
 }
 
 fn spawn_signal_thread(events: Sender<Event>) -> Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
-        .context("cannot install signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+            .context("cannot install signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -709,6 +863,7 @@ fn spawn_signal_thread(events: Sender<Event>) -> Result<()> {
                 let event = match signal {
                     SIGHUP => Event::Reload,
                     SIGUSR1 => Event::Press(Instant::now()),
+                    SIGUSR2 => Event::CalibrateRequested,
                     SIGINT => Event::Shutdown("SIGINT"),
                     _ => Event::Shutdown("SIGTERM"),
                 };

@@ -1,7 +1,8 @@
 //! fashion-kiosk: turn a camera frame into fashion recommendations on a Raspberry Pi.
 //!
 //! The core is pure and device-free: [`preprocess`] an image as the [`model`] manifest says,
-//! embed it with tract, and search the [`catalogue`] table for the nearest items. [`indexer`]
+//! embed it with tract, and search the [`catalogue`] table for the nearest items; in a fixed
+//! camera's frame, [`foreground`] finds the item by its difference to the empty scene. [`indexer`]
 //! builds tables, [`evaluate`] measures their quality and [`bench`] their speed.
 //!
 //! The [`kiosk`] service runs it all day on a Pi: [`device`] drivers (camera, button, OLED) behind
@@ -13,6 +14,7 @@ pub mod check;
 pub mod config;
 pub mod device;
 pub mod evaluate;
+pub mod foreground;
 pub mod indexer;
 pub mod kiosk;
 pub mod labels;

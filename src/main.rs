@@ -12,7 +12,8 @@ use fashion_kiosk::config::{Config, Overrides};
 use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
 use fashion_kiosk::model::{self, Embedder};
-use fashion_kiosk::{bench, check, evaluate, kiosk, query, resources};
+use fashion_kiosk::preprocess::{self, decode_file};
+use fashion_kiosk::{bench, check, device, evaluate, foreground, kiosk, query, resources};
 
 /// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
 /// embedding table of the store's catalogue.
@@ -40,6 +41,8 @@ enum Command {
     Run(RunArgs),
     /// Try the model, table, camera, trigger, display and scan log of a config: ok or failing.
     Check(CheckArgs),
+    /// Capture the empty scene (nobody in view) as the reference that finds items in frames.
+    Calibrate(CalibrateArgs),
     /// The kiosk in simulation on the bundled demo catalogue (the default).
     Demo(DemoArgs),
 }
@@ -85,12 +88,30 @@ struct QueryArgs {
     #[arg(long, value_name = "TABLE")]
     table: PathBuf,
     /// Image to look up.
-    #[arg(long, value_name = "IMG")]
-    image: PathBuf,
+    #[arg(
+        long,
+        value_name = "IMG",
+        required_unless_present = "images",
+        conflicts_with = "images"
+    )]
+    image: Option<PathBuf>,
+    /// Folder of images to look up: one result each (a JSON line with --json), then Recall@1 and
+    /// Recall@5 against the item id each file name starts with (up to the first `_`).
+    #[arg(long, value_name = "DIR")]
+    images: Option<PathBuf>,
+    /// The empty scene of the same camera for --image: only what differs from it is embedded.
+    #[arg(long, value_name = "IMG", requires = "image")]
+    reference: Option<PathBuf>,
+    /// Folder of empty-scene frames named as the --images they belong to.
+    #[arg(long, value_name = "DIR", requires = "images")]
+    reference_dir: Option<PathBuf>,
+    /// Also embed the mirror image and search with the mean (test-time augmentation).
+    #[arg(long)]
+    flip: bool,
     /// How many items to return.
     #[arg(long, default_value_t = 5)]
     top: usize,
-    /// Print JSON: {"results":[{"id","score",…metadata}],"latency_ms":{…}}.
+    /// Print JSON: {"region":…,"results":[{"id","score",…metadata}],"latency_ms":{…}}.
     #[arg(long)]
     json: bool,
     /// Threads for the network's matrix products (default: all cores).
@@ -195,6 +216,15 @@ struct CheckArgs {
 }
 
 #[derive(Args)]
+struct CalibrateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Frames to average (default: scene.calibration_frames).
+    #[arg(long)]
+    frames: Option<u32>,
+}
+
+#[derive(Args)]
 struct DemoArgs {
     /// Where the demo table, screens and scan log go (default: fashion-kiosk-demo in the temp folder).
     #[arg(long, value_name = "DIR")]
@@ -255,6 +285,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => cmd_bench(args),
         Command::Run(args) => kiosk::run(&args.config.load()?),
         Command::Check(args) => cmd_check(args),
+        Command::Calibrate(args) => cmd_calibrate(args),
         Command::Demo(args) => cmd_demo(args),
     }
 }
@@ -311,15 +342,103 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
     let table = load_table_for(&embedder, &args.table)?;
     let mut session = embedder.session()?;
     let threads = args.threads.unwrap_or_else(all_cores);
-    let result =
-        tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
-            query::query_file(&mut session, &table, &args.image, args.top)
-        })?;
-    if args.json {
-        println!("{}", serde_json::to_string(&result)?);
-    } else {
-        print_results(&args.image, &result);
+    tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
+        match (&args.image, &args.images) {
+            (Some(image), _) => {
+                let reference = args.reference.as_deref().map(decode_file).transpose()?;
+                let options = query::Options {
+                    reference: reference.as_ref(),
+                    flip: args.flip,
+                };
+                let result = query::query_file(&mut session, &table, image, options, args.top)?;
+                if args.json {
+                    println!("{}", serde_json::to_string(&result)?);
+                } else {
+                    print_results(image, &result);
+                }
+                Ok(())
+            }
+            (None, Some(dir)) => query_folder(&mut session, &table, dir, &args),
+            (None, None) => bail!("give --image or --images"),
+        }
+    })
+}
+
+/// `query --images DIR`: every image, then Recall@1/@5 against the id in each file name.
+fn query_folder(
+    session: &mut model::Session,
+    table: &Table,
+    dir: &Path,
+    args: &QueryArgs,
+) -> Result<()> {
+    let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read image folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| preprocess::is_image_name(p))
+        .collect();
+    images.sort();
+    if images.is_empty() {
+        bail!("{} holds no images", dir.display());
     }
+    let progress = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(images.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (mut at1, mut at5, mut nothing, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    let mut totals = Vec::new();
+    for path in &images {
+        progress.inc(1);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let looked_up = (|| -> Result<query::QueryResult> {
+            let reference = match &args.reference_dir {
+                Some(refs) => Some(decode_file(&refs.join(name))?),
+                None => None,
+            };
+            let options = query::Options {
+                reference: reference.as_ref(),
+                flip: args.flip,
+            };
+            query::query_file(session, table, path, options, args.top)
+        })();
+        let result = match looked_up {
+            Ok(result) => result,
+            Err(e) => {
+                progress.suspend(|| tracing::warn!("skipped {}: {e:#}", path.display()));
+                failed += 1;
+                continue;
+            }
+        };
+        let id = name.split(['_', '.']).next().unwrap_or_default();
+        let rank = result.results.iter().position(|r| r.id == id);
+        at1 += usize::from(rank == Some(0));
+        at5 += usize::from(rank.is_some_and(|r| r < 5));
+        nothing += usize::from(result.region == "nothing");
+        totals.push(result.latency_ms.total);
+        if args.json {
+            let mut line = serde_json::to_value(&result)?;
+            line.as_object_mut()
+                .expect("a result is an object")
+                .insert("image".into(), name.into());
+            progress.suspend(|| println!("{line}"));
+        } else {
+            progress.suspend(|| print_results(path, &result));
+        }
+    }
+    progress.finish_and_clear();
+    let scored = images.len() - failed;
+    let share = |n: usize| n as f64 / scored.max(1) as f64;
+    totals.sort_by(f64::total_cmp);
+    eprintln!(
+        "{scored} images ({failed} unreadable), top {}: Recall@1 {:.4}, Recall@5 {:.4}; nothing found in {nothing}; median {:.0} ms per image",
+        args.top,
+        share(at1),
+        share(at5),
+        totals.get(totals.len() / 2).copied().unwrap_or(0.0)
+    );
     Ok(())
 }
 
@@ -345,10 +464,13 @@ fn print_results(image: &Path, result: &query::QueryResult) {
             meta.join(", ")
         );
     }
+    if result.region == "nothing" {
+        println!("  nothing differs from the empty scene: no item to look up");
+    }
     let l = &result.latency_ms;
     println!(
-        "  latency: decode {:.1} ms, preprocess {:.1} ms, embed {:.1} ms, search {:.1} ms, total {:.1} ms",
-        l.decode, l.preprocess, l.embed, l.search, l.total
+        "  latency: decode {:.1} ms, foreground {:.1} ms, preprocess {:.1} ms, embed {:.1} ms, search {:.1} ms, total {:.1} ms",
+        l.decode, l.foreground, l.preprocess, l.embed, l.search, l.total
     );
 }
 
@@ -443,6 +565,43 @@ fn cmd_check(args: CheckArgs) -> Result<()> {
     if failed > 0 {
         bail!("{failed} of {} parts failing", findings.len());
     }
+    Ok(())
+}
+
+fn cmd_calibrate(args: CalibrateArgs) -> Result<()> {
+    let config = args.config.load()?;
+    let path = config.scene.reference.clone().with_context(|| {
+        format!(
+            "{}: scene.reference is not set: say where the empty scene is kept",
+            args.config.config.display()
+        )
+    })?;
+    let frames = args
+        .frames
+        .unwrap_or(config.scene.calibration_frames)
+        .max(1);
+    let mut camera = device::open_camera(&config.camera).map_err(|e| {
+        if format!("{e:#}").contains("busy") {
+            e.context(
+                "the camera is in use: if the kiosk is running, recalibrate through it with \
+                 `sudo systemctl kill -s USR2 fashion-kiosk`",
+            )
+        } else {
+            e
+        }
+    })?;
+    eprintln!(
+        "Capturing {frames} frames of the empty scene from {} …",
+        camera.describe()
+    );
+    let reference = kiosk::capture_reference(camera.as_mut(), frames)?;
+    foreground::save_reference(&path, &reference)?;
+    println!(
+        "calibrated: {} ({}×{}, {frames} frames averaged)",
+        path.display(),
+        reference.width(),
+        reference.height()
+    );
     Ok(())
 }
 

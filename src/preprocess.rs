@@ -26,6 +26,16 @@ pub enum Region {
     },
 }
 
+/// File extensions taken as images (case-insensitive).
+const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// Whether `path` names an image by its extension (JPEG, PNG or WebP).
+pub fn is_image_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 /// Decodes an image file (JPEG, PNG or WebP; format from content, not name) and applies its EXIF
 /// orientation. The error names the file.
 pub fn decode_file(path: &Path) -> Result<RgbImage> {

@@ -7,8 +7,9 @@ use anyhow::Result;
 use image::RgbImage;
 use serde::Serialize;
 
-use crate::catalogue::Table;
-use crate::model::Session;
+use crate::catalogue::{Hit, Table};
+use crate::foreground::{self, Foreground};
+use crate::model::{normalise, Session};
 use crate::preprocess::{decode_file, Region};
 
 /// One recommended item.
@@ -25,6 +26,8 @@ pub struct Recommendation {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     pub decode: f64,
+    /// Finding the item by its difference to the empty scene (0 without a reference).
+    pub foreground: f64,
     pub preprocess: f64,
     pub embed: f64,
     pub search: f64,
@@ -34,6 +37,9 @@ pub struct Latency {
 /// The answer to one look-up.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
+    /// How the item was found: "reference" (difference to the empty scene), "centre" (the centred
+    /// square of the frame), or "nothing" (the frame matches the empty scene: no results).
+    pub region: &'static str,
     pub results: Vec<Recommendation>,
     pub latency_ms: Latency,
 }
@@ -61,8 +67,17 @@ pub fn look_up(
     let embedded = Instant::now();
     let hits = table.nearest(&vector, top, None)?;
     let searched = Instant::now();
-    let results = hits
-        .iter()
+    let times = StageTimes {
+        preprocess: ms(start, prepared),
+        embed: ms(prepared, embedded),
+        search: ms(embedded, searched),
+    };
+    Ok((recommendations(table, &hits), times))
+}
+
+/// The table's items for `hits`, with their metadata.
+fn recommendations(table: &Table, hits: &[Hit]) -> Vec<Recommendation> {
+    hits.iter()
         .map(|hit| {
             let item = &table.items()[hit.index];
             let metadata = table
@@ -77,13 +92,7 @@ pub fn look_up(
                 metadata,
             }
         })
-        .collect();
-    let times = StageTimes {
-        preprocess: ms(start, prepared),
-        embed: ms(prepared, embedded),
-        search: ms(embedded, searched),
-    };
-    Ok((results, times))
+        .collect()
 }
 
 /// Milliseconds from `a` to `b`.
@@ -91,25 +100,102 @@ pub fn ms(a: Instant, b: Instant) -> f64 {
     (b - a).as_secs_f64() * 1000.0
 }
 
-/// Looks up the image at `path` in `table`, returning the `top` best items.
-pub fn query_file(
+/// How a frame is turned into the image that is embedded.
+#[derive(Clone, Copy)]
+pub struct Options<'a> {
+    /// The empty scene of the same camera: embed only what differs from it, on white.
+    pub reference: Option<&'a RgbImage>,
+    /// Also embed the mirrored image and average (test-time augmentation).
+    pub flip: bool,
+}
+
+/// Looks up `image` (already decoded) in `table`, returning the `top` best items.
+pub fn query_image(
     session: &mut Session,
     table: &Table,
-    path: &Path,
+    image: &RgbImage,
+    options: Options,
     top: usize,
 ) -> Result<QueryResult> {
     let start = Instant::now();
-    let image = decode_file(path)?;
-    let decoded = Instant::now();
-    let (results, times) = look_up(session, table, &image, Region::Whole, top)?;
+    let (region, subject) = match options.reference {
+        Some(reference) => match foreground::isolate(image, reference)? {
+            Foreground::Item { image, .. } => ("reference", std::borrow::Cow::Owned(image)),
+            Foreground::Nothing { .. } => {
+                let total = ms(start, Instant::now());
+                return Ok(QueryResult {
+                    region: "nothing",
+                    results: Vec::new(),
+                    latency_ms: Latency {
+                        foreground: total,
+                        total,
+                        ..Latency::default()
+                    },
+                });
+            }
+        },
+        None => ("centre", std::borrow::Cow::Borrowed(image)),
+    };
+    let isolated = Instant::now();
+    let (results, times) = if options.flip {
+        look_up_flipped(session, table, &subject, top)?
+    } else {
+        look_up(session, table, &subject, Region::Whole, top)?
+    };
     Ok(QueryResult {
+        region,
         results,
         latency_ms: Latency {
-            decode: ms(start, decoded),
+            decode: 0.0,
+            foreground: ms(start, isolated),
             preprocess: times.preprocess,
             embed: times.embed,
             search: times.search,
             total: ms(start, Instant::now()),
         },
     })
+}
+
+/// Like [`look_up`], searching with the mean embedding of the image and its mirror image.
+fn look_up_flipped(
+    session: &mut Session,
+    table: &Table,
+    image: &RgbImage,
+    top: usize,
+) -> Result<(Vec<Recommendation>, StageTimes)> {
+    let mirrored = image::imageops::flip_horizontal(image);
+    let mut times = StageTimes::default();
+    let mut vector = vec![0f32; table.dim()];
+    for view in [image, &mirrored] {
+        let start = Instant::now();
+        session.preprocess(view, Region::Whole)?;
+        let prepared = Instant::now();
+        for (v, e) in vector.iter_mut().zip(session.embed_prepared()?) {
+            *v += e;
+        }
+        times.preprocess += ms(start, prepared);
+        times.embed += ms(prepared, Instant::now());
+    }
+    normalise(&mut vector);
+    let start = Instant::now();
+    let hits = table.nearest(&vector, top, None)?;
+    times.search = ms(start, Instant::now());
+    Ok((recommendations(table, &hits), times))
+}
+
+/// Looks up the image at `path` in `table`, returning the `top` best items.
+pub fn query_file(
+    session: &mut Session,
+    table: &Table,
+    path: &Path,
+    options: Options,
+    top: usize,
+) -> Result<QueryResult> {
+    let start = Instant::now();
+    let image = decode_file(path)?;
+    let decoded = Instant::now();
+    let mut result = query_image(session, table, &image, options, top)?;
+    result.latency_ms.decode = ms(start, decoded);
+    result.latency_ms.total = ms(start, Instant::now());
+    Ok(result)
 }

@@ -5,13 +5,13 @@
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fashion_kiosk::device::display::{Canvas, Screen};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fashion-kiosk");
+mod common;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -49,7 +49,7 @@ impl Scene {
         for name in &picked {
             std::fs::copy(repo("demo/catalogue").join(name), catalogue.join(name)).unwrap();
         }
-        let out = Command::new(BIN)
+        let out = common::fashion_kiosk()
             .args(["index", "--catalogue"])
             .arg(&catalogue)
             .arg("--labels")
@@ -142,7 +142,7 @@ impl Kiosk {
                 received.lock().unwrap().push(text);
             }
         });
-        let child = Command::new(BIN)
+        let child = common::fashion_kiosk()
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -222,11 +222,16 @@ fn scan_log(scene: &Scene) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Every screen written so far, in order, as canvases.
+/// Every screen written so far, in order, as canvases (not the temporary files of a write in
+/// progress).
 fn screens(dir: &Path) -> Vec<Canvas> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
+    files.retain(|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.starts_with("screen-") && name.ends_with(".png")
+    });
     files.sort();
     files
         .iter()
@@ -360,7 +365,7 @@ fn kiosk_scans_on_presses_survives_faults_and_reloads() {
     std::fs::write(&bad, b"FKTABLE\0 but not really a table").unwrap();
     std::fs::rename(&bad, scene.path("catalogue.fkt")).unwrap();
     kiosk.signal(libc::SIGHUP);
-    let reload_failed = Screen::Error {
+    let reload_failed = Screen::Message {
         title: "Reload failed".into(),
         detail: String::new(),
     };
@@ -401,7 +406,7 @@ fn kiosk_scans_on_presses_survives_faults_and_reloads() {
             "no screen shows {record}"
         );
     }
-    let camera_error = Canvas::of(&Screen::Error {
+    let camera_error = Canvas::of(&Screen::Message {
         title: "Camera offline".into(),
         detail: failed["error"].as_str().unwrap().into(),
     });
@@ -450,7 +455,7 @@ fn kiosk_without_a_table_shows_why_and_exits_with_failure() {
          [trigger]\nkind = \"signal\"\n[display]\nkind = \"simulated\"\nscreens = \"screens\"\nscale = 2\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
+    let out = common::fashion_kiosk()
         .args(["run", "--config"])
         .arg(&config)
         .output()
@@ -462,7 +467,7 @@ fn kiosk_without_a_table_shows_why_and_exits_with_failure() {
         "{err}"
     );
     let shown = screens(&dir.path().join("screens"));
-    let no_catalogue = Screen::Error {
+    let no_catalogue = Screen::Message {
         title: "No catalogue".into(),
         detail: String::new(),
     };
@@ -477,7 +482,7 @@ fn check_reports_each_part_and_fails_on_a_missing_camera() {
         "kind = \"signal\"",
         "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2",
     );
-    let out = Command::new(BIN)
+    let out = common::fashion_kiosk()
         .args(["check", "--config"])
         .arg(&config)
         .output()
@@ -507,7 +512,7 @@ fn check_reports_each_part_and_fails_on_a_missing_camera() {
     assert!(stdout.contains("(6 items)"), "{stdout}");
 
     std::fs::remove_dir_all(scene.path("camera")).unwrap();
-    let out = Command::new(BIN)
+    let out = common::fashion_kiosk()
         .args(["check", "--config"])
         .arg(&config)
         .output()
@@ -522,4 +527,163 @@ fn check_reports_each_part_and_fails_on_a_missing_camera() {
     assert!(stdout
         .lines()
         .any(|l| l.starts_with("model") && l.contains(" ok ")));
+}
+
+/// A store-like empty scene: a gradient wall with a few blocks, and mild noise of its own.
+fn empty_scene(seed: u32) -> image::RgbImage {
+    let mut state = seed.max(1);
+    image::RgbImage::from_fn(320, 240, |x, y| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let noise = (state % 7) as i32 - 3;
+        let mut p = [60 + x as i32 / 4, 90 + y as i32 / 5, 140 - x as i32 / 6];
+        if (20..70).contains(&x) && (30..120).contains(&y) {
+            p = [200, 180, 40];
+        }
+        if y > 200 {
+            p = [90, 60, 50];
+        }
+        image::Rgb(p.map(|c| (c + noise).clamp(0, 255) as u8))
+    })
+}
+
+#[test]
+fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_there() {
+    let scene = Scene::new();
+    // The camera sees the empty scene, then an item held up in front of it.
+    let camera = scene.path("camera");
+    std::fs::remove_dir_all(&camera).unwrap();
+    std::fs::create_dir(&camera).unwrap();
+    empty_scene(1).save(camera.join("a-empty.png")).unwrap();
+    let item_id = &scene.camera_ids[1];
+    let item = image::open(repo("demo/catalogue").join(format!("{item_id}.jpg")))
+        .unwrap()
+        .to_rgb8();
+    let item = image::imageops::resize(&item, 160, 160, image::imageops::Triangle);
+    let mut frame = empty_scene(2);
+    image::imageops::overlay(&mut frame, &item, 90, 40);
+    frame.save(camera.join("b-item.png")).unwrap();
+
+    let config = scene.config(
+        "calibrated.toml",
+        "kind = \"socket\"\npath = \"trigger.sock\"",
+        "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2\n\
+         [scene]\nreference = \"state/empty-scene.png\"\ncalibration_frames = 1",
+    );
+    let mut kiosk = Kiosk::start(&scene, &config, Stdio::null());
+    kiosk.wait_ready();
+    let reference = scene.path("state/empty-scene.png");
+    assert!(!reference.exists());
+
+    // SIGUSR2: "Calibrating" for 3 s, then the next frame (the empty scene) is the reference.
+    kiosk.signal(libc::SIGUSR2);
+    wait_for("the reference", &kiosk, || reference.exists());
+    let saved = image::open(&reference).unwrap().to_rgb8();
+    assert_eq!(
+        saved,
+        empty_scene(1),
+        "the reference is the averaged (here: one) frame"
+    );
+    let shown = screens(&scene.path("screens"));
+    assert!(shown.contains(&Canvas::of(&Screen::Calibrating)));
+
+    // The item frame: found against the reference, on white, and recognised.
+    let trigger = scene.path("trigger.sock");
+    press(&trigger);
+    wait_for("scan 1", &kiosk, || !scan_log(&scene).is_empty());
+    let found = scan_log(&scene)[0].clone();
+    assert_eq!(found["region"], "reference", "{found}");
+    assert_eq!(found["results"][0]["id"], item_id.as_str(), "{found}");
+    assert!(found["latency_ms"]["foreground"].as_f64().unwrap() > 0.0);
+
+    // The empty scene again: nothing to scan, no results, the screen says so.
+    std::thread::sleep(Duration::from_millis(100));
+    press(&trigger);
+    wait_for("scan 2", &kiosk, || scan_log(&scene).len() >= 2);
+    let nothing = scan_log(&scene)[1].clone();
+    assert_eq!(nothing["outcome"], "nothing", "{nothing}");
+    assert_eq!(nothing["results"].as_array().unwrap().len(), 0);
+    let nothing_screen = Canvas::of(&Screen::NothingToScan);
+    wait_for("the nothing-to-scan screen", &kiosk, || {
+        screens(&scene.path("screens")).contains(&nothing_screen)
+    });
+    kiosk.signal(libc::SIGTERM);
+    assert!(kiosk.wait_exit().success(), "{}", kiosk.stderr());
+
+    // Off the device: `check` sees the calibration, `query --reference` does the same look-up,
+    // and `calibrate` writes a reference from the camera.
+    let out = common::fashion_kiosk()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let scene_line = stdout.lines().find(|l| l.starts_with("scene")).unwrap();
+    assert!(
+        scene_line.contains(" ok ") && scene_line.contains("calibrated ("),
+        "{stdout}"
+    );
+    let out = common::fashion_kiosk()
+        .args(["query", "--json", "--table"])
+        .arg(scene.path("catalogue.fkt"))
+        .arg("--image")
+        .arg(camera.join("b-item.png"))
+        .arg("--reference")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["region"], "reference");
+    assert_eq!(result["results"][0]["id"], item_id.as_str());
+    std::fs::remove_file(&reference).unwrap();
+    let out = common::fashion_kiosk()
+        .args(["calibrate", "--frames", "2", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two frames averaged: the empty scene and the item frame.
+    assert_eq!(
+        image::open(&reference).unwrap().to_rgb8().dimensions(),
+        (320, 240)
+    );
+}
+
+#[test]
+fn query_images_prints_a_line_per_frame_and_recall_against_file_names() {
+    let scene = Scene::new();
+    let out = common::fashion_kiosk()
+        .args(["query", "--json", "--table"])
+        .arg(scene.path("catalogue.fkt"))
+        .arg("--images")
+        .arg(scene.path("camera"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (line, frame) in lines.iter().zip(0..) {
+        assert_eq!(line["image"], format!("frame-{frame}.jpg"));
+        assert_eq!(line["region"], "centre");
+        assert!(line["latency_ms"]["embed"].as_f64().unwrap() > 0.0);
+    }
+    // The file names here are "frame-N", not item ids: recall is 0 and says over how many.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 images") && err.contains("Recall@1 0.0000"),
+        "{err}"
+    );
 }

@@ -42,11 +42,7 @@ impl FolderCamera {
         let mut frames: Vec<PathBuf> = std::fs::read_dir(&self.path)
             .with_context(|| format!("camera folder {} is not readable", self.path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    ["jpg", "jpeg", "png", "webp"].contains(&e.to_ascii_lowercase().as_str())
-                })
-            })
+            .filter(|p| crate::preprocess::is_image_name(p))
             .collect();
         if frames.is_empty() {
             bail!("camera folder {} holds no images", self.path.display());

@@ -33,8 +33,13 @@ pub enum Screen {
     Scanning { tenths: u32 },
     /// The best items (id, score), best first; the first 3 are shown.
     Results { items: Vec<(String, f32)> },
-    /// A fault the shopper or staff should know about.
-    Error { title: String, detail: String },
+    /// Something the shopper or staff should know (a fault, a reload, a calibration), with its
+    /// title in an inverted bar.
+    Message { title: String, detail: String },
+    /// The frame matches the empty scene: nobody is holding anything up.
+    NothingToScan,
+    /// Capturing the empty scene shortly: step out of view.
+    Calibrating,
     /// The service has stopped.
     Stopped,
 }
@@ -148,8 +153,18 @@ where
                 .draw(target)?;
             }
         }
-        Screen::Error { title, detail } => {
-            // Inverted title bar: an error is told apart at a glance.
+        Screen::NothingToScan => {
+            centred(target, "Nothing to", 6, &FONT_10X20)?;
+            centred(target, "scan", 26, &FONT_10X20)?;
+            centred(target, "Hold the item up", 52, &FONT_6X10)?;
+        }
+        Screen::Calibrating => {
+            centred(target, "Calibrating", 6, &FONT_10X20)?;
+            centred(target, "Step out of view", 34, &FONT_6X10)?;
+            centred(target, "of the camera", 46, &FONT_6X10)?;
+        }
+        Screen::Message { title, detail } => {
+            // Inverted title bar: a message is told apart from results at a glance.
             Rectangle::new(Point::zero(), Size::new(WIDTH, 19))
                 .into_styled(PrimitiveStyle::with_fill(BinaryColor::On))
                 .draw(target)?;
@@ -446,10 +461,12 @@ mod tests {
             Screen::Idle { items: 300 },
             Screen::Scanning { tenths: 12 },
             results(),
-            Screen::Error {
+            Screen::Message {
                 title: "Camera offline".into(),
                 detail: "cannot open /dev/video0: No such file or directory".into(),
             },
+            Screen::NothingToScan,
+            Screen::Calibrating,
             Screen::Stopped,
         ];
         let canvases: Vec<Canvas> = screens.iter().map(Canvas::of).collect();
