@@ -7,9 +7,7 @@ use std::process::Output;
 
 mod common;
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use common::repo;
 
 fn int8_manifest() -> PathBuf {
     repo("models/fashion-resnet50-int8.manifest.json")
@@ -51,17 +49,7 @@ fn assert_fails_naming(out: &Output, names: &[&str]) {
 fn small_catalogue(dir: &Path) -> (PathBuf, Vec<String>) {
     let catalogue = dir.join("catalogue");
     std::fs::create_dir(&catalogue).unwrap();
-    let mut names: Vec<String> = std::fs::read_dir(repo("demo/catalogue"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    let picked: Vec<String> = names
-        .iter()
-        .step_by(names.len() / 8)
-        .take(8)
-        .cloned()
-        .collect();
+    let picked = common::demo_sample(8);
     for name in &picked {
         std::fs::copy(repo("demo/catalogue").join(name), catalogue.join(name)).unwrap();
     }

@@ -13,9 +13,7 @@ use fashion_kiosk::device::display::{Canvas, Screen};
 
 mod common;
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use common::repo;
 
 /// Polls `ready` every 50 ms for up to two minutes (model loading and scans on a slow CI core).
 fn wait_for(what: &str, kiosk: &Kiosk, mut ready: impl FnMut() -> bool) {
@@ -40,12 +38,7 @@ impl Scene {
         let dir = tempfile::tempdir().unwrap();
         let catalogue = dir.path().join("catalogue");
         std::fs::create_dir(&catalogue).unwrap();
-        let mut names: Vec<String> = std::fs::read_dir(repo("demo/catalogue"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        let picked: Vec<&String> = names.iter().step_by(names.len() / 6).take(6).collect();
+        let picked = common::demo_sample(6);
         for name in &picked {
             std::fs::copy(repo("demo/catalogue").join(name), catalogue.join(name)).unwrap();
         }
@@ -69,7 +62,7 @@ impl Scene {
         std::fs::create_dir(&camera).unwrap();
         let mut camera_ids = Vec::new();
         for (frame, item) in [4usize, 1, 5].iter().enumerate() {
-            let image = image::open(catalogue.join(picked[*item]))
+            let image = image::open(catalogue.join(&picked[*item]))
                 .unwrap()
                 .to_rgb8();
             let image = image::imageops::resize(&image, 180, 180, image::imageops::Triangle);

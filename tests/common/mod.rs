@@ -1,6 +1,28 @@
-//! What the end-to-end tests share: how to start the `fashion-kiosk` binary.
+//! What the end-to-end tests share: how to start the `fashion-kiosk` binary, and which demo
+//! catalogue images they use.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A path in the source tree.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// `n` demo catalogue file names spread evenly over the sorted catalogue.
+pub fn demo_sample(n: usize) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo("demo/catalogue"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .step_by(names.len() / n)
+        .take(n)
+        .cloned()
+        .collect()
+}
 
 /// A command for the binary under test. Cross tests run under an emulator (the cargo runner
 /// starts the test binaries, but not the processes they spawn): `FASHION_KIOSK_TEST_RUNNER`, e.g.
