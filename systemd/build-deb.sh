@@ -37,19 +37,19 @@ Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: fashion-kiosk
 
 Files: *
-Copyright: the fashion-kiosk developers
+Copyright: 2026 the fashion-kiosk developers
 License: MIT or Apache-2.0
  On Debian systems the Apache License 2.0 is in /usr/share/common-licenses/Apache-2.0.
 
 Files: usr/share/fashion-kiosk/demo/*
-Copyright: the Kaggle "Fashion Product Images" data set contributors
+Copyright: 2019 the contributors of the Kaggle "Fashion Product Images" data set
 License: sample-data
  Sample catalogue images for demonstration only; see demo/README.md.
 COPYRIGHT
 printf 'fashion-kiosk (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- fashion-kiosk developers <kiosk@example.org>  %s\n' \
     "$version" "$version" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
-    | gzip -9n > "$doc/changelog.Debian.gz"
-chmod 644 "$doc/changelog.Debian.gz"
+    | gzip -9n > "$doc/changelog.gz"
+chmod 644 "$doc/changelog.gz"
 install -Dm644 /dev/stdin "$root/usr/share/lintian/overrides/fashion-kiosk" <<'OVERRIDES'
 # The model and demo catalogue are data the binary reads; they are architecture-independent but
 # ship with the binary so that one package installs a working kiosk.
@@ -68,7 +68,7 @@ Version: $version
 Architecture: $arch
 Maintainer: fashion-kiosk developers <kiosk@example.org>
 Installed-Size: $size_kib
-Depends: libc6 (>= $glibc), libgcc-s1, adduser, init-system-helpers
+Depends: libc6 (>= $glibc), libgcc-s1, adduser
 Section: misc
 Priority: optional
 Homepage: https://example.org/fashion-kiosk
