@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use fashion_kiosk::catalogue::dot;
-use fashion_kiosk::model::{normalise, Embedder};
+use fashion_kiosk::model::{self, normalise, Embedder};
 use fashion_kiosk::preprocess::{decode_file, Region};
 
 fn repo(path: &str) -> PathBuf {
@@ -63,16 +63,22 @@ fn fixture() -> Fixture {
     }
 }
 
+/// Embeds `images` with the model of `manifest`, on all cores (as the kiosk runs it; it also
+/// keeps this test bearable under qemu).
 fn embed_all(manifest: &str, images: &[String]) -> (Embedder, Vec<Vec<f32>>) {
     let embedder = Embedder::load(&repo(manifest)).unwrap();
     let mut session = embedder.session().unwrap();
-    let vectors = images
-        .iter()
-        .map(|name| {
-            let image = decode_file(&repo("demo/catalogue").join(name)).unwrap();
-            session.embed_image(&image, Region::Whole).unwrap()
-        })
-        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let vectors =
+        tract_linalg::multithread::multithread_tract_scope(model::executor(cores), || {
+            images
+                .iter()
+                .map(|name| {
+                    let image = decode_file(&repo("demo/catalogue").join(name)).unwrap();
+                    session.embed_image(&image, Region::Whole).unwrap()
+                })
+                .collect()
+        });
     (embedder, vectors)
 }
 
