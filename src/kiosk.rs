@@ -6,7 +6,6 @@
 //! starts a scan: contact bounce is ignored, presses during a scan are coalesced into at most one
 //! queued scan.
 
-use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -19,9 +18,8 @@ use serde::Serialize;
 use crate::catalogue::Table;
 use crate::config::{CameraConfig, Config, SceneConfig};
 use crate::device::{self, Camera, Display, Screen};
-use crate::foreground::{self, Foreground};
+use crate::foreground;
 use crate::model::{self, Embedder, Session};
-use crate::preprocess::Region;
 use crate::query::{self, ms, Recommendation};
 use crate::scanlog::ScanLog;
 
@@ -270,47 +268,24 @@ impl Scanner {
                 };
             }
         };
-        let isolating = Instant::now();
-        let (region, subject) = match (&self.reference, self.scene.region) {
-            (Some(reference), _) => match foreground::isolate(&frame, reference) {
-                Ok(Foreground::Item { image, .. }) => ("reference", Cow::Owned(image)),
-                Ok(Foreground::Nothing { .. }) => {
-                    latency.foreground = ms(isolating, Instant::now());
-                    return ScanReport {
-                        pressed,
-                        region: "reference",
-                        outcome: Ok(None),
-                        latency,
-                    };
-                }
-                Err(e) => {
-                    return ScanReport {
-                        pressed,
-                        region: "reference",
-                        outcome: Err(ScanFailure::Model(format!("{e:#}"))),
-                        latency,
-                    }
-                }
-            },
-            (None, Some(_)) => ("region", Cow::Borrowed(&frame)),
-            (None, None) => ("centre", Cow::Borrowed(&frame)),
+        let region = match (&self.reference, self.scene.region) {
+            (Some(_), _) => "reference",
+            (None, Some(_)) => "region",
+            (None, None) => "centre",
         };
-        latency.foreground = ms(isolating, Instant::now());
-        let area = match (region, self.scene.region) {
-            ("region", Some([x, y, width, height])) => Region::Rect {
-                x,
-                y,
-                width,
-                height,
-            },
-            _ => Region::Whole,
+        let options = query::Options {
+            reference: self.reference.as_ref(),
+            region: self.scene.region,
+            flip: false,
         };
-        let outcome = query::look_up(&mut self.session, &self.table, &subject, area, self.top)
-            .map(|(results, times)| {
-                latency.preprocess = times.preprocess;
-                latency.embed = times.embed;
-                latency.search = times.search;
-                Some(results)
+        let outcome = query::query_image(&mut self.session, &self.table, &frame, options, self.top)
+            .map(|result| {
+                let stages = &result.latency_ms;
+                latency.foreground = stages.foreground;
+                latency.preprocess = stages.preprocess;
+                latency.embed = stages.embed;
+                latency.search = stages.search;
+                (result.region != "nothing").then_some(result.results)
             })
             .map_err(|e| ScanFailure::Model(format!("{e:#}")));
         ScanReport {

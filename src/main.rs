@@ -331,15 +331,9 @@ fn index_into(
     Ok(())
 }
 
-fn load_table_for(embedder: &Embedder, path: &Path) -> Result<Table> {
-    let table = Table::load(path)?;
-    table.ensure_model(embedder.fingerprint(), embedder.manifest_path())?;
-    Ok(table)
-}
-
 fn cmd_query(args: QueryArgs) -> Result<()> {
     let embedder = args.model.load()?;
-    let table = load_table_for(&embedder, &args.table)?;
+    let table = kiosk::load_table(&embedder, &args.table)?;
     let mut session = embedder.session()?;
     let threads = args.threads.unwrap_or_else(all_cores);
     tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
@@ -348,6 +342,7 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
                 let reference = args.reference.as_deref().map(decode_file).transpose()?;
                 let options = query::Options {
                     reference: reference.as_ref(),
+                    region: None,
                     flip: args.flip,
                 };
                 let result = query::query_file(&mut session, &table, image, options, args.top)?;
@@ -400,6 +395,7 @@ fn query_folder(
             };
             let options = query::Options {
                 reference: reference.as_ref(),
+                region: None,
                 flip: args.flip,
             };
             query::query_file(session, table, path, options, args.top)

@@ -37,8 +37,9 @@ pub struct Latency {
 /// The answer to one look-up.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
-    /// How the item was found: "reference" (difference to the empty scene), "centre" (the centred
-    /// square of the frame), or "nothing" (the frame matches the empty scene: no results).
+    /// How the item was found: "reference" (difference to the empty scene), "region" (the
+    /// configured part of the frame), "centre" (the centred square of the frame), or "nothing"
+    /// (the frame matches the empty scene: no results).
     pub region: &'static str,
     pub results: Vec<Recommendation>,
     pub latency_ms: Latency,
@@ -105,6 +106,9 @@ pub fn ms(a: Instant, b: Instant) -> f64 {
 pub struct Options<'a> {
     /// The empty scene of the same camera: embed only what differs from it, on white.
     pub reference: Option<&'a RgbImage>,
+    /// Without a reference: the part of the frame to embed, `[x, y, width, height]`; without
+    /// either, the centred square.
+    pub region: Option<[u32; 4]>,
     /// Also embed the mirrored image and average (test-time augmentation).
     pub flip: bool,
 }
@@ -118,9 +122,11 @@ pub fn query_image(
     top: usize,
 ) -> Result<QueryResult> {
     let start = Instant::now();
-    let (region, subject) = match options.reference {
-        Some(reference) => match foreground::isolate(image, reference)? {
-            Foreground::Item { image, .. } => ("reference", std::borrow::Cow::Owned(image)),
+    let (region, subject, area) = match (options.reference, options.region) {
+        (Some(reference), _) => match foreground::isolate(image, reference)? {
+            Foreground::Item { image, .. } => {
+                ("reference", std::borrow::Cow::Owned(image), Region::Whole)
+            }
             Foreground::Nothing { .. } => {
                 let total = ms(start, Instant::now());
                 return Ok(QueryResult {
@@ -134,13 +140,23 @@ pub fn query_image(
                 });
             }
         },
-        None => ("centre", std::borrow::Cow::Borrowed(image)),
+        (None, Some([x, y, width, height])) => (
+            "region",
+            std::borrow::Cow::Borrowed(image),
+            Region::Rect {
+                x,
+                y,
+                width,
+                height,
+            },
+        ),
+        (None, None) => ("centre", std::borrow::Cow::Borrowed(image), Region::Whole),
     };
     let isolated = Instant::now();
     let (results, times) = if options.flip {
-        look_up_flipped(session, table, &subject, top)?
+        look_up_flipped(session, table, &subject, area, top)?
     } else {
-        look_up(session, table, &subject, Region::Whole, top)?
+        look_up(session, table, &subject, area, top)?
     };
     Ok(QueryResult {
         region,
@@ -161,14 +177,30 @@ fn look_up_flipped(
     session: &mut Session,
     table: &Table,
     image: &RgbImage,
+    region: Region,
     top: usize,
 ) -> Result<(Vec<Recommendation>, StageTimes)> {
     let mirrored = image::imageops::flip_horizontal(image);
+    // The region mirrors with the image.
+    let mirrored_region = match region {
+        Region::Rect {
+            x,
+            y,
+            width,
+            height,
+        } => Region::Rect {
+            x: image.width().saturating_sub(x + width),
+            y,
+            width,
+            height,
+        },
+        Region::Whole => Region::Whole,
+    };
     let mut times = StageTimes::default();
     let mut vector = vec![0f32; table.dim()];
-    for view in [image, &mirrored] {
+    for (view, area) in [(image, region), (&mirrored, mirrored_region)] {
         let start = Instant::now();
-        session.preprocess(view, Region::Whole)?;
+        session.preprocess(view, area)?;
         let prepared = Instant::now();
         for (v, e) in vector.iter_mut().zip(session.embed_prepared()?) {
             *v += e;
