@@ -234,7 +234,7 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    avoid_slow_int8_kernel();
+    fashion_kiosk::model::avoid_slow_int8_kernel();
     init_logging();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Demo(DemoArgs {
@@ -247,17 +247,6 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// tract 0.23.9's AVX2 int8 kernel runs ~13× slower than its AVX one on the x86 machines we
-/// measured (an AVX-SSE transition; models/README.md). Unless the user chose kernels with
-/// `TRACT_CPU_ISA`, leave AVX2 out before tract first reads the variable. No effect on the Pi.
-fn avoid_slow_int8_kernel() {
-    #[cfg(target_arch = "x86_64")]
-    if std::env::var_os("TRACT_CPU_ISA").is_none() {
-        // Single-threaded here: nothing else reads the environment yet.
-        std::env::set_var("TRACT_CPU_ISA", "-avx2");
     }
 }
 

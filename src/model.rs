@@ -354,6 +354,18 @@ pub fn executor(threads: usize) -> tract_linalg::multithread::Executor {
     }
 }
 
+/// tract 0.23.9's AVX2 int8 kernel runs ~13× slower than its AVX one on the x86 machines we
+/// measured (an AVX-SSE transition; models/README.md). Unless the user chose kernels with
+/// `TRACT_CPU_ISA`, leave AVX2 out of tract's pool. Call it before anything else runs, while the
+/// process is single-threaded and before tract first reads the variable. No effect off x86_64: on
+/// ARM tract rejects x86 tokens, so the choice cannot be a build-wide environment variable.
+pub fn avoid_slow_int8_kernel() {
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var_os("TRACT_CPU_ISA").is_none() {
+        std::env::set_var("TRACT_CPU_ISA", "-avx2");
+    }
+}
+
 /// Scales `vector` to unit L2 norm (a zero vector stays zero).
 pub fn normalise(vector: &mut [f32]) {
     let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();

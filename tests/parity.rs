@@ -98,6 +98,8 @@ fn nearest_neighbours(vectors: &[Vec<f32>]) -> Vec<usize> {
 
 #[test]
 fn rust_embeddings_match_onnxruntime_and_agree_on_neighbours() {
+    // As the binary does (this is the only test here, so nothing else runs yet).
+    model::avoid_slow_int8_kernel();
     let fixture = fixture();
     assert_eq!(fixture.images.len(), 12);
     let (int8_model, int8) = embed_all(
