@@ -1,16 +1,19 @@
 //! `bench`: median/min/max latency of each scan stage (decode + preprocess, embed per model and
-//! thread count, search at the table's size) and peak memory, with models run in turn in one
-//! process so their ratio is a fair comparison.
+//! thread count, search at the table's size), of the foreground step and of each scan path with
+//! its test-time augmentations, and peak memory; what is compared runs interleaved in one process
+//! so the ratios are fair.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 
 use crate::catalogue::Table;
+use crate::foreground;
 use crate::model::Embedder;
 use crate::preprocess::{decode_file, Region};
+use crate::query::{query_image, Options};
 
 /// What to measure.
 pub struct BenchJob {
@@ -21,6 +24,8 @@ pub struct BenchJob {
     pub threads: Vec<usize>,
     /// Also print where each model spends its time, by operator type.
     pub profile: bool,
+    /// A camera frame and the empty scene of its camera: time the scan paths on them.
+    pub scan: Option<(PathBuf, PathBuf)>,
 }
 
 /// Summary of one measured stage.
@@ -174,8 +179,98 @@ pub fn run(job: &BenchJob) -> Result<()> {
         );
         println!("{label:<44} {}", Stats::of(samples));
     }
+    if let (Some((frame, reference)), Some(table)) = (&job.scan, &job.table) {
+        let threads = job.threads.first().copied().unwrap_or(1);
+        scan_paths(&embedders[0], table, frame, reference, job.runs, threads)?;
+    }
     if let Some(peak) = peak_rss_kib() {
         println!("{:<44} {:.1} MiB", "peak RSS", peak as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Times what the foreground step and each test-time augmentation add to a scan: the whole scan
+/// (foreground, preprocess, embed, search) of `frame` by each path, interleaved run by run.
+fn scan_paths(
+    embedder: &Embedder,
+    table: &Path,
+    frame: &Path,
+    reference: &Path,
+    runs: usize,
+    threads: usize,
+) -> Result<()> {
+    let table = Table::load(table)?;
+    let frame = decode_file(frame)?;
+    let reference = decode_file(reference)?;
+    let mut foreground = Vec::new();
+    for _ in 0..runs {
+        let (d, _) = time(|| foreground::isolate(&frame, &reference))?;
+        foreground.push(d);
+    }
+    println!(
+        "{:<44} {}",
+        "foreground (difference to the empty scene)",
+        Stats::of(foreground)
+    );
+
+    let base = Options {
+        reference: Some(&reference),
+        region: None,
+        flip: false,
+        crops: false,
+    };
+    let paths = [
+        (
+            "centre square",
+            Options {
+                reference: None,
+                ..base
+            },
+        ),
+        ("reference", base),
+        ("reference + flip", Options { flip: true, ..base }),
+        (
+            "reference + 5 crops",
+            Options {
+                crops: true,
+                ..base
+            },
+        ),
+        (
+            "reference + 5 crops + flip",
+            Options {
+                crops: true,
+                flip: true,
+                ..base
+            },
+        ),
+    ];
+    let mut session = embedder.session()?;
+    let mut samples = vec![Vec::new(); paths.len()];
+    tract_linalg::multithread::multithread_tract_scope(
+        crate::model::executor(threads),
+        || -> Result<()> {
+            query_image(&mut session, &table, &frame, base, 5)?; // warm-up
+            for _ in 0..runs {
+                for ((_, options), samples) in paths.iter().zip(samples.iter_mut()) {
+                    let (d, _) = time(|| query_image(&mut session, &table, &frame, *options, 5))?;
+                    samples.push(d);
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let reference_median = Stats::of(samples[1].clone()).median;
+    for ((name, _), samples) in paths.iter().zip(samples) {
+        let stats = Stats::of(samples);
+        let label = format!(
+            "scan: {name} ({threads} thread{})",
+            if threads == 1 { "" } else { "s" }
+        );
+        println!(
+            "{label:<44} {stats}  ×{:.2} of reference",
+            stats.median.as_secs_f64() / reference_median.as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -277,6 +277,7 @@ impl Scanner {
             reference: self.reference.as_ref(),
             region: self.scene.region,
             flip: false,
+            crops: false,
         };
         let outcome = query::query_image(&mut self.session, &self.table, &frame, options, self.top)
             .map(|result| {

@@ -108,6 +108,10 @@ struct QueryArgs {
     /// Also embed the mirror image and search with the mean (test-time augmentation).
     #[arg(long)]
     flip: bool,
+    /// Also embed five crops (centre, corners; 80%) and search with the mean (test-time
+    /// augmentation).
+    #[arg(long)]
+    crops: bool,
     /// How many items to return.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -165,6 +169,13 @@ struct BenchArgs {
     /// Also print where each model spends its time, by operator type.
     #[arg(long)]
     profile: bool,
+    /// A camera frame to time the scan paths on (centre square; difference to --reference, without
+    /// and with each test-time augmentation), with the first model and --table.
+    #[arg(long, value_name = "IMG", requires_all = ["reference", "table"])]
+    frame: Option<PathBuf>,
+    /// The empty scene of --frame's camera.
+    #[arg(long, value_name = "IMG", requires = "frame")]
+    reference: Option<PathBuf>,
 }
 
 /// The default config path of an installed kiosk.
@@ -333,6 +344,7 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
                     reference: reference.as_ref(),
                     region: None,
                     flip: args.flip,
+                    crops: args.crops,
                 };
                 let result = query::query_file(&mut session, &table, image, options, args.top)?;
                 if args.json {
@@ -386,6 +398,7 @@ fn query_folder(
                 reference: reference.as_ref(),
                 region: None,
                 flip: args.flip,
+                crops: args.crops,
             };
             query::query_file(session, table, path, options, args.top)
         })();
@@ -520,6 +533,7 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         runs: args.runs,
         threads: args.threads,
         profile: args.profile,
+        scan: args.frame.zip(args.reference),
     })
 }
 

@@ -127,7 +127,8 @@ impl Preprocessor {
     }
 }
 
-fn region_bounds(image: &RgbImage, region: Region) -> Result<(u32, u32, u32, u32)> {
+/// `region` of `image` as `(x, y, width, height)`, checked to lie inside the image.
+pub fn region_bounds(image: &RgbImage, region: Region) -> Result<(u32, u32, u32, u32)> {
     let (width, height) = image.dimensions();
     ensure!(width > 0 && height > 0, "the image is empty");
     match region {

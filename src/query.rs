@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::catalogue::{Hit, Table};
 use crate::foreground::{self, Foreground};
 use crate::model::{normalise, Session};
-use crate::preprocess::{decode_file, Region};
+use crate::preprocess::{decode_file, region_bounds, Region};
 
 /// One recommended item.
 #[derive(Debug, Clone, Serialize)]
@@ -111,7 +111,13 @@ pub struct Options<'a> {
     pub region: Option<[u32; 4]>,
     /// Also embed the mirrored image and average (test-time augmentation).
     pub flip: bool,
+    /// Also embed five crops of the item (centre and corners, each 80% of its width and height)
+    /// and average (test-time augmentation).
+    pub crops: bool,
 }
+
+/// Side of each multi-crop view, as a share of the item's width and height.
+const CROP_SHARE: f64 = 0.8;
 
 /// Looks up `image` (already decoded) in `table`, returning the `top` best items.
 pub fn query_image(
@@ -153,8 +159,8 @@ pub fn query_image(
         (None, None) => ("centre", std::borrow::Cow::Borrowed(image), Region::Whole),
     };
     let isolated = Instant::now();
-    let (results, times) = if options.flip {
-        look_up_flipped(session, table, &subject, area, top)?
+    let (results, times) = if options.flip || options.crops {
+        look_up_views(session, table, &subject, area, options, top)?
     } else {
         look_up(session, table, &subject, area, top)?
     };
@@ -172,37 +178,39 @@ pub fn query_image(
     })
 }
 
-/// Like [`look_up`], searching with the mean embedding of the image and its mirror image.
-fn look_up_flipped(
+/// Like [`look_up`], searching with the mean embedding of several views of the item: itself,
+/// its five crops (`options.crops`), and the mirror image of each (`options.flip`).
+fn look_up_views(
     session: &mut Session,
     table: &Table,
     image: &RgbImage,
     region: Region,
+    options: Options,
     top: usize,
 ) -> Result<(Vec<Recommendation>, StageTimes)> {
-    let mirrored = image::imageops::flip_horizontal(image);
-    // The region mirrors with the image.
-    let mirrored_region = match region {
-        Region::Rect {
-            x,
-            y,
-            width,
-            height,
-        } => Region::Rect {
-            x: image.width().saturating_sub(x + width),
-            y,
-            width,
-            height,
-        },
-        Region::Whole => Region::Whole,
-    };
+    let mut areas = vec![region];
+    if options.crops {
+        areas.extend(five_crops(region_bounds(image, region)?));
+    }
+    let mirrored = options
+        .flip
+        .then(|| image::imageops::flip_horizontal(image));
+    let mut views: Vec<(&RgbImage, Region)> = areas.iter().map(|&area| (image, area)).collect();
+    if let Some(mirrored) = &mirrored {
+        // Each area mirrors with the image.
+        let width = image.width();
+        views.extend(areas.iter().map(|&area| (mirrored, mirror(area, width))));
+    }
     let mut times = StageTimes::default();
     let mut vector = vec![0f32; table.dim()];
-    for (view, area) in [(image, region), (&mirrored, mirrored_region)] {
+    for (view, area) in views {
         let start = Instant::now();
         session.preprocess(view, area)?;
         let prepared = Instant::now();
-        for (v, e) in vector.iter_mut().zip(session.embed_prepared()?) {
+        let mut embedding = session.embed_prepared()?;
+        // Each view counts the same, whatever its embedding's norm.
+        normalise(&mut embedding);
+        for (v, e) in vector.iter_mut().zip(embedding) {
             *v += e;
         }
         times.preprocess += ms(start, prepared);
@@ -213,6 +221,45 @@ fn look_up_flipped(
     let hits = table.nearest(&vector, top, None)?;
     times.search = ms(start, Instant::now());
     Ok((recommendations(table, &hits), times))
+}
+
+/// `region` of an image `width` pixels wide, in the image's mirror image.
+fn mirror(region: Region, width: u32) -> Region {
+    match region {
+        Region::Rect {
+            x,
+            y,
+            width: w,
+            height,
+        } => Region::Rect {
+            x: width.saturating_sub(x + w),
+            y,
+            width: w,
+            height,
+        },
+        Region::Whole => Region::Whole,
+    }
+}
+
+/// The centre and the four corners of the area `(x, y, width, height)`, each [`CROP_SHARE`] of its
+/// width and height.
+fn five_crops((x, y, width, height): (u32, u32, u32, u32)) -> [Region; 5] {
+    let w = ((width as f64 * CROP_SHARE).round() as u32).max(1);
+    let h = ((height as f64 * CROP_SHARE).round() as u32).max(1);
+    let (right, bottom) = (x + width - w, y + height - h);
+    let at = |x, y| Region::Rect {
+        x,
+        y,
+        width: w,
+        height: h,
+    };
+    [
+        at(x + (width - w) / 2, y + (height - h) / 2),
+        at(x, y),
+        at(right, y),
+        at(x, bottom),
+        at(right, bottom),
+    ]
 }
 
 /// Looks up the image at `path` in `table`, returning the `top` best items.
@@ -230,4 +277,65 @@ pub fn query_file(
     result.latency_ms.decode = ms(start, decoded);
     result.latency_ms.total = ms(start, Instant::now());
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirrored_region_covers_the_same_pixels_of_the_mirror_image() {
+        let region = Region::Rect {
+            x: 10,
+            y: 5,
+            width: 30,
+            height: 20,
+        };
+        assert_eq!(
+            mirror(region, 100),
+            Region::Rect {
+                x: 60,
+                y: 5,
+                width: 30,
+                height: 20
+            }
+        );
+        assert_eq!(mirror(mirror(region, 100), 100), region);
+        assert_eq!(mirror(Region::Whole, 100), Region::Whole);
+    }
+
+    #[test]
+    fn five_crops_lie_inside_the_area_at_its_centre_and_corners() {
+        let crops = five_crops((10, 20, 100, 50));
+        let rects: Vec<_> = crops
+            .iter()
+            .map(|r| match *r {
+                Region::Rect {
+                    x,
+                    y,
+                    width,
+                    height,
+                } => (x, y, width, height),
+                Region::Whole => panic!("a crop is a rectangle"),
+            })
+            .collect();
+        assert_eq!(
+            rects,
+            [
+                (20, 25, 80, 40),
+                (10, 20, 80, 40),
+                (30, 20, 80, 40),
+                (10, 30, 80, 40),
+                (30, 30, 80, 40)
+            ]
+        );
+        // A one-pixel area still gives valid one-pixel crops.
+        assert!(five_crops((0, 0, 1, 1)).iter().all(|r| *r
+            == Region::Rect {
+                x: 0,
+                y: 0,
+                width: 1,
+                height: 1
+            }));
+    }
 }

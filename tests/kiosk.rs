@@ -630,6 +630,23 @@ fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_ther
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(result["region"], "reference");
     assert_eq!(result["results"][0]["id"], item_id.as_str());
+    // With the test-time augmentations: 12 views (itself, five crops, and their mirror images).
+    let out = common::fashion_kiosk()
+        .args(["query", "--json", "--flip", "--crops", "--table"])
+        .arg(scene.path("catalogue.fkt"))
+        .arg("--image")
+        .arg(camera.join("b-item.png"))
+        .arg("--reference")
+        .arg(&reference)
+        .output()
+        .unwrap();
+    let augmented: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(augmented["results"][0]["id"], item_id.as_str());
+    assert_ne!(
+        augmented["results"][0]["score"], result["results"][0]["score"],
+        "the augmented views changed nothing"
+    );
     std::fs::remove_file(&reference).unwrap();
     let out = common::fashion_kiosk()
         .args(["calibrate", "--frames", "2", "--config"])
