@@ -3,7 +3,6 @@
 committed models serve the Rust side, and tests/parity.rs checks them against fixtures made here."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,18 +14,6 @@ onnxruntime = pytest.importorskip("onnxruntime")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import build_models  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def random_build(tmp_path_factory):
-    """The `--weights random` path end to end: the same code the ImageNet path runs, minus the download."""
-    out = tmp_path_factory.mktemp("models")
-    subprocess.run(
-        [sys.executable, str(HERE / "build_models.py"), "build", "--weights", "random", "--prefix", "random",
-         "--calibration", "8", "--out", str(out)],
-        check=True,
-    )
-    return out
 
 
 def test_manifests_describe_their_models(random_build):
