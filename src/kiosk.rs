@@ -268,17 +268,13 @@ impl Scanner {
                 };
             }
         };
-        let region = match (&self.reference, self.scene.region) {
-            (Some(_), _) => "reference",
-            (None, Some(_)) => "region",
-            (None, None) => "centre",
-        };
         let options = query::Options {
             reference: self.reference.as_ref(),
             region: self.scene.region,
             flip: false,
             crops: false,
         };
+        let region = options.path();
         let outcome = query::query_image(&mut self.session, &self.table, &frame, options, self.top)
             .map(|result| {
                 let stages = &result.latency_ms;

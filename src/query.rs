@@ -53,29 +53,6 @@ pub struct StageTimes {
     pub search: f64,
 }
 
-/// Embeds `image` (its `region`) and returns the `top` nearest items of `table`, timed per stage.
-pub fn look_up(
-    session: &mut Session,
-    table: &Table,
-    image: &RgbImage,
-    region: Region,
-    top: usize,
-) -> Result<(Vec<Recommendation>, StageTimes)> {
-    let start = Instant::now();
-    session.preprocess(image, region)?;
-    let prepared = Instant::now();
-    let vector = session.embed_prepared()?;
-    let embedded = Instant::now();
-    let hits = table.nearest(&vector, top, None)?;
-    let searched = Instant::now();
-    let times = StageTimes {
-        preprocess: ms(start, prepared),
-        embed: ms(prepared, embedded),
-        search: ms(embedded, searched),
-    };
-    Ok((recommendations(table, &hits), times))
-}
-
 /// The table's items for `hits`, with their metadata.
 fn recommendations(table: &Table, hits: &[Hit]) -> Vec<Recommendation> {
     hits.iter()
@@ -116,6 +93,18 @@ pub struct Options<'a> {
     pub crops: bool,
 }
 
+impl Options<'_> {
+    /// How the item is found in the frame: "reference" (difference to the empty scene), "region"
+    /// (the configured part of the frame) or "centre" (the centred square).
+    pub fn path(&self) -> &'static str {
+        match (self.reference, self.region) {
+            (Some(_), _) => "reference",
+            (None, Some(_)) => "region",
+            (None, None) => "centre",
+        }
+    }
+}
+
 /// Side of each multi-crop view, as a share of the item's width and height.
 const CROP_SHARE: f64 = 0.8;
 
@@ -128,11 +117,9 @@ pub fn query_image(
     top: usize,
 ) -> Result<QueryResult> {
     let start = Instant::now();
-    let (region, subject, area) = match (options.reference, options.region) {
+    let (subject, area) = match (options.reference, options.region) {
         (Some(reference), _) => match foreground::isolate(image, reference)? {
-            Foreground::Item { image, .. } => {
-                ("reference", std::borrow::Cow::Owned(image), Region::Whole)
-            }
+            Foreground::Item { image, .. } => (std::borrow::Cow::Owned(image), Region::Whole),
             Foreground::Nothing { .. } => {
                 let total = ms(start, Instant::now());
                 return Ok(QueryResult {
@@ -147,7 +134,6 @@ pub fn query_image(
             }
         },
         (None, Some([x, y, width, height])) => (
-            "region",
             std::borrow::Cow::Borrowed(image),
             Region::Rect {
                 x,
@@ -156,16 +142,12 @@ pub fn query_image(
                 height,
             },
         ),
-        (None, None) => ("centre", std::borrow::Cow::Borrowed(image), Region::Whole),
+        (None, None) => (std::borrow::Cow::Borrowed(image), Region::Whole),
     };
     let isolated = Instant::now();
-    let (results, times) = if options.flip || options.crops {
-        look_up_views(session, table, &subject, area, options, top)?
-    } else {
-        look_up(session, table, &subject, area, top)?
-    };
+    let (results, times) = look_up(session, table, &subject, area, options, top)?;
     Ok(QueryResult {
-        region,
+        region: options.path(),
         results,
         latency_ms: Latency {
             decode: 0.0,
@@ -178,9 +160,10 @@ pub fn query_image(
     })
 }
 
-/// Like [`look_up`], searching with the mean embedding of several views of the item: itself,
-/// its five crops (`options.crops`), and the mirror image of each (`options.flip`).
-fn look_up_views(
+/// Embeds `image` (its `region`) and returns the `top` nearest items of `table`, timed per stage.
+/// With `options.crops` or `options.flip` it searches with the mean embedding of several views:
+/// the region, its five crops, and the mirror image of each.
+pub fn look_up(
     session: &mut Session,
     table: &Table,
     image: &RgbImage,
@@ -207,10 +190,8 @@ fn look_up_views(
         let start = Instant::now();
         session.preprocess(view, area)?;
         let prepared = Instant::now();
-        let mut embedding = session.embed_prepared()?;
-        // Each view counts the same, whatever its embedding's norm.
-        normalise(&mut embedding);
-        for (v, e) in vector.iter_mut().zip(embedding) {
+        // Each view's embedding has unit norm: each counts the same.
+        for (v, e) in vector.iter_mut().zip(session.embed_prepared()?) {
             *v += e;
         }
         times.preprocess += ms(start, prepared);
