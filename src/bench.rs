@@ -4,10 +4,11 @@
 //! so the ratios are fair.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use image::RgbImage;
 
 use crate::catalogue::Table;
 use crate::foreground;
@@ -82,6 +83,12 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
 pub fn run(job: &BenchJob) -> Result<()> {
     ensure!(job.runs >= 1, "--runs must be at least 1");
     ensure!(!job.models.is_empty(), "give at least one --model");
+    // Read the scan inputs first: a bad file fails at once, not after the model timings.
+    let table = job.table.as_deref().map(Table::load).transpose()?;
+    let scan = match &job.scan {
+        Some((frame, reference)) => Some((decode_file(frame)?, decode_file(reference)?)),
+        None => None,
+    };
     let embedders: Vec<Embedder> = job
         .models
         .iter()
@@ -164,8 +171,7 @@ pub fn run(job: &BenchJob) -> Result<()> {
         }
     }
 
-    if let Some(path) = &job.table {
-        let table = Table::load(path)?;
+    if let Some(table) = &table {
         let query = table.vector(0);
         let mut samples = Vec::new();
         for _ in 0..job.runs {
@@ -179,7 +185,7 @@ pub fn run(job: &BenchJob) -> Result<()> {
         );
         println!("{label:<44} {}", Stats::of(samples));
     }
-    if let (Some((frame, reference)), Some(table)) = (&job.scan, &job.table) {
+    if let (Some((frame, reference)), Some(table)) = (&scan, &table) {
         let threads = job.threads.first().copied().unwrap_or(1);
         scan_paths(&embedders[0], table, frame, reference, job.runs, threads)?;
     }
@@ -193,18 +199,15 @@ pub fn run(job: &BenchJob) -> Result<()> {
 /// (foreground, preprocess, embed, search) of `frame` by each path, interleaved run by run.
 fn scan_paths(
     embedder: &Embedder,
-    table: &Path,
-    frame: &Path,
-    reference: &Path,
+    table: &Table,
+    frame: &RgbImage,
+    reference: &RgbImage,
     runs: usize,
     threads: usize,
 ) -> Result<()> {
-    let table = Table::load(table)?;
-    let frame = decode_file(frame)?;
-    let reference = decode_file(reference)?;
     let mut foreground = Vec::new();
     for _ in 0..runs {
-        let (d, _) = time(|| foreground::isolate(&frame, &reference))?;
+        let (d, _) = time(|| foreground::isolate(frame, reference))?;
         foreground.push(d);
     }
     println!(
@@ -214,7 +217,7 @@ fn scan_paths(
     );
 
     let base = Options {
-        reference: Some(&reference),
+        reference: Some(reference),
         region: None,
         flip: false,
         crops: false,
@@ -250,10 +253,10 @@ fn scan_paths(
     tract_linalg::multithread::multithread_tract_scope(
         crate::model::executor(threads),
         || -> Result<()> {
-            query_image(&mut session, &table, &frame, base, 5)?; // warm-up
+            query_image(&mut session, table, frame, base, 5)?; // warm-up
             for _ in 0..runs {
                 for ((_, options), samples) in paths.iter().zip(samples.iter_mut()) {
-                    let (d, _) = time(|| query_image(&mut session, &table, &frame, *options, 5))?;
+                    let (d, _) = time(|| query_image(&mut session, table, frame, *options, 5))?;
                     samples.push(d);
                 }
             }
