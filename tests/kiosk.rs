@@ -617,31 +617,26 @@ fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_ther
         scene_line.contains(" ok ") && scene_line.contains("calibrated ("),
         "{stdout}"
     );
-    let out = common::fashion_kiosk()
-        .args(["query", "--json", "--table"])
-        .arg(scene.path("catalogue.fkt"))
-        .arg("--image")
-        .arg(camera.join("b-item.png"))
-        .arg("--reference")
-        .arg(&reference)
-        .output()
-        .unwrap();
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let query_item = |augmentations: &[&str]| -> serde_json::Value {
+        let out = common::fashion_kiosk()
+            .args(["query", "--json"])
+            .args(augmentations)
+            .arg("--table")
+            .arg(scene.path("catalogue.fkt"))
+            .arg("--image")
+            .arg(camera.join("b-item.png"))
+            .arg("--reference")
+            .arg(&reference)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let result = query_item(&[]);
     assert_eq!(result["region"], "reference");
     assert_eq!(result["results"][0]["id"], item_id.as_str());
     // With the test-time augmentations: 12 views (itself, five crops, and their mirror images).
-    let out = common::fashion_kiosk()
-        .args(["query", "--json", "--flip", "--crops", "--table"])
-        .arg(scene.path("catalogue.fkt"))
-        .arg("--image")
-        .arg(camera.join("b-item.png"))
-        .arg("--reference")
-        .arg(&reference)
-        .output()
-        .unwrap();
-    let augmented: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let augmented = query_item(&["--flip", "--crops"]);
     assert_eq!(augmented["results"][0]["id"], item_id.as_str());
     assert_ne!(
         augmented["results"][0]["score"], result["results"][0]["score"],
