@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import sys
@@ -51,12 +50,9 @@ MARGIN = 0.06  # as src/foreground.rs
 
 
 def unique_items(images: Path, labels: Path) -> list[str]:
-    """Ids whose image has no byte-identical twin, in id order."""
-    by_digest: dict[str, list[str]] = {}
-    for item_id in bm.catalogue_ids(labels):
-        digest = hashlib.sha256((images / f"{item_id}.jpg").read_bytes()).hexdigest()
-        by_digest.setdefault(digest, []).append(item_id)
-    return sorted((ids[0] for ids in by_digest.values() if len(ids) == 1), key=int)
+    """Ids whose image has no byte-identical twin."""
+    with open(labels, newline="") as f:
+        return [row["id"] for row in scene.unique_items(images, list(csv.DictReader(f)))]
 
 
 def excluded_ids(folder: Path | None) -> set[str]:
@@ -74,23 +70,6 @@ def to_tensor(img: Image.Image) -> np.ndarray:
     return x.transpose(2, 0, 1).copy()
 
 
-def light_crop(frame: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
-    """generate.py's Light (exposure, white balance, vignette, gamma, blur, noise, JPEG) on one part
-    of the frame only: the same effect there, in a quarter of the time."""
-    light = scene.Light(rng)
-    x0, y0, x1, y1 = box
-    part = frame[y0:y1, x0:x1]
-    y, x = np.mgrid[y0:y1, x0:x1]
-    r = np.hypot((x - scene.WIDTH / 2) / (scene.WIDTH / 2), (y - scene.HEIGHT / 2) / (scene.HEIGHT / 2)) / np.sqrt(2)
-    falloff = (1 - light.vignette * r**2)[..., None]
-    lit = 255 * np.clip(part * light.exposure * light.balance * falloff / 255, 0, 1) ** light.gamma
-    image = Image.fromarray(lit.astype(np.uint8)).filter(ImageFilter.GaussianBlur(light.blur))
-    noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, light.noise, part.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=light.quality)
-    return np.asarray(Image.open(out), dtype=np.float32)
-
-
 def camera_view(item: Image.Image, mask: Image.Image, rng: np.random.Generator) -> Image.Image:
     """The item as the kiosk's foreground step hands it to the model: lit in a store, cut out, on white."""
     background = scene.store_background(rng)
@@ -101,7 +80,9 @@ def camera_view(item: Image.Image, mask: Image.Image, rng: np.random.Generator) 
         return item
     pad = 8  # room for the blur
     box = (max(xs.min() - pad, 0), max(ys.min() - pad, 0), min(xs.max() + 1 + pad, scene.WIDTH), min(ys.max() + 1 + pad, scene.HEIGHT))
-    lit = light_crop(frame, box, rng)
+    # The light on the item's part of the frame only: the same effect there, in a quarter of the time.
+    jpeg = scene.Light(rng).apply(frame[box[1] : box[3], box[0] : box[2]], rng, drift=0.0, origin=(box[0], box[1]))
+    lit = np.asarray(Image.open(io.BytesIO(jpeg)), dtype=np.float32)
     cut = Image.fromarray(((alpha[box[1] : box[3], box[0] : box[2], 0] > 0.5) * 255).astype(np.uint8))
     grow = int(rng.integers(-2, 3))
     if grow > 0:

@@ -109,17 +109,29 @@ class Light:
         self.noise = rng.uniform(2.0, 8.0)
         self.quality = int(rng.integers(70, 93))
 
-    def apply(self, scene: np.ndarray, rng: np.random.Generator, drift: float) -> Image.Image:
+    def apply(self, scene: np.ndarray, rng: np.random.Generator, drift: float, origin: tuple[int, int] = (0, 0)) -> bytes:
+        """The scene as the camera's JPEG. `scene` may be a part of the frame whose top-left corner
+        is at `origin` (x, y): the vignette stays the frame's."""
         gain = self.exposure * (1 + rng.uniform(-drift, drift)) * self.balance * (1 + rng.uniform(-drift / 3, drift / 3, 3))
-        y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+        height, width = scene.shape[:2]
+        y, x = np.mgrid[origin[1] : origin[1] + height, origin[0] : origin[0] + width]
         r = np.hypot((x - WIDTH / 2) / (WIDTH / 2), (y - HEIGHT / 2) / (HEIGHT / 2)) / math.sqrt(2)
         falloff = (1 - self.vignette * r**2)[..., None]
         lit = 255 * np.clip(scene * gain * falloff / 255, 0, 1) ** self.gamma
         image = Image.fromarray(lit.astype(np.uint8)).filter(ImageFilter.GaussianBlur(self.blur))
-        noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, self.noise, (HEIGHT, WIDTH, 3))
+        noisy = np.asarray(image, dtype=np.float32) + rng.normal(0, self.noise, (height, width, 3))
         out = io.BytesIO()
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(out, "JPEG", quality=self.quality)
         return out.getvalue()
+
+
+def unique_items(catalogue: Path, rows: list[dict]) -> list[dict]:
+    """The label rows whose image has no byte-identical twin (a twin would tie at the top), by id."""
+    digests = {}
+    for row in rows:
+        digest = hashlib.sha256((catalogue / row["filename"]).read_bytes()).hexdigest()
+        digests.setdefault(digest, []).append(row)
+    return sorted((group[0] for group in digests.values() if len(group) == 1), key=lambda r: r["id"])
 
 
 def main():
@@ -132,11 +144,7 @@ def main():
     args = parser.parse_args()
 
     rows = list(csv.DictReader(args.labels.open()))
-    digests = {}
-    for row in rows:
-        digest = hashlib.sha256((args.catalogue / row["filename"]).read_bytes()).hexdigest()
-        digests.setdefault(digest, []).append(row)
-    unique = sorted((group[0] for group in digests.values() if len(group) == 1), key=lambda r: r["id"])
+    unique = unique_items(args.catalogue, rows)
     rng = np.random.default_rng(args.seed)
     picked = rng.choice(len(unique), size=min(args.count, len(unique)), replace=False)
     (args.out / "frames").mkdir(parents=True, exist_ok=True)
