@@ -34,6 +34,7 @@ import io
 import json
 import sys
 import time
+import zlib
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -161,6 +162,25 @@ class Head:
         return x + (x @ self.w1.T).relu() @ self.w2.T
 
 
+def in_validation_split(item_id: str) -> bool:
+    """The backbone's validation split (shared/models/README.md): CRC-32 of the id mod 10 == 0."""
+    return zlib.crc32(item_id.encode()) % 10 == 0
+
+
+def label_agreement(torch, labels: Path, ids: np.ndarray) -> list:
+    """Per label column (articleType, baseColour): each item's class number, in `ids` order.
+    Items of the backbone's validation split get a class of their own (-1 - position), so that
+    label precision measured on them stays a held-out figure."""
+    with open(labels, newline="") as f:
+        rows = {row["id"]: row for row in csv.DictReader(f)}
+    columns = []
+    for column in ["articleType", "baseColour"]:
+        names = sorted({rows[i][column] for i in ids})
+        columns.append(torch.tensor([-1 - n if in_validation_split(i) else names.index(rows[i][column])
+                                     for n, i in enumerate(ids)]))
+    return columns
+
+
 def cmd_train(args) -> None:
     import torch
 
@@ -169,6 +189,7 @@ def cmd_train(args) -> None:
     clean = torch.from_numpy(unit(np.concatenate([f["clean"] for f in files])))
     views = torch.from_numpy(unit(np.concatenate([f["views"] for f in files])))
     count, per_item, dim = views.shape
+    agree = label_agreement(torch, args.labels, np.concatenate([f["ids"] for f in files])) if args.agree > 0 else None
     head = Head(torch, dim, args.hidden)
     optimiser = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * (count // args.batch)
@@ -189,7 +210,12 @@ def cmd_train(args) -> None:
                 # Keep the catalogue's own neighbourhoods (what label precision measures): the
                 # studio shots' similarity distribution after the head should match the backbone's.
                 mask = torch.eye(len(batch), dtype=torch.bool)
-                before = (clean[batch] @ clean[batch].T / args.temperature).masked_fill(mask, -1e9)
+                before = clean[batch] @ clean[batch].T / args.temperature
+                if agree is not None:
+                    # ...leaning towards neighbours that share the item's article type and colour.
+                    same = sum((column[batch][:, None] == column[batch][None, :]).float() for column in agree)
+                    before = before + args.agree * same
+                before = before.masked_fill(mask, -1e9)
                 after = (anchor @ anchor.T / args.temperature).masked_fill(mask, -1e9)
                 keep = torch.nn.functional.kl_div(after.log_softmax(1), before.log_softmax(1), log_target=True, reduction="batchmean")
                 loss = loss + args.keep * keep
@@ -202,7 +228,7 @@ def cmd_train(args) -> None:
     np.savez(args.work / "head.npz", w1=head.w1.detach().numpy(), w2=head.w2.detach().numpy())
     summary = {"trained_by": "models/instance_head.py", "items": int(count), "views_per_item": int(per_item),
                "hidden": args.hidden, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
-               "temperature": args.temperature, "keep": args.keep, "final_loss": round(float(np.mean(losses)), 4),
+               "temperature": args.temperature, "keep": args.keep, "agree": args.agree, "final_loss": round(float(np.mean(losses)), 4),
                "train_seconds": round(time.time() - started)}
     (args.work / "head.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"trained in {time.time() - started:.0f} s -> {args.work / 'head.npz'}")
@@ -296,6 +322,9 @@ def main() -> None:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--temperature", type=float, default=0.05)
     train.add_argument("--keep", type=float, default=1.0, help="weight of keeping the studio shots' neighbourhoods")
+    train.add_argument("--agree", type=float, default=0.0,
+                       help="in the neighbourhood term, logit bonus per shared label (articleType, baseColour)")
+    train.add_argument("--labels", type=Path, default=bm.DEFAULT_LABELS)
     train.add_argument("--seed", type=int, default=0)
     evaluate = commands.add_parser("evaluate", help="recall of held-out views with and without the head")
     evaluate.add_argument("--work", type=Path, required=True)

@@ -47,6 +47,17 @@ def test_head_keeps_an_embeddings_direction_whatever_its_norm():
     assert not np.allclose(instance_head.apply_head(weights, x), x)
 
 
+def test_label_agreement_leaves_the_backbones_validation_split_out(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,articleType,baseColour\n10003,Tshirts,Red\n10004,Tshirts,Blue\n10005,Tshirts,Red\n10006,Tshirts,Red\n")
+    # 10005 is in the backbone's validation split (CRC-32 of the id mod 10 == 0); the others are not.
+    assert [instance_head.in_validation_split(i) for i in ("10003", "10004", "10005", "10006")] == [False, False, True, False]
+    article, colour = instance_head.label_agreement(torch, labels, np.array(["10003", "10004", "10005", "10006"]))
+    same = lambda column: [[bool(a == b) for b in column] for a in column]
+    assert same(article) == [[True, True, False, True], [True, True, False, True], [False, False, True, False], [True, True, False, True]]
+    assert same(colour) == [[True, False, False, True], [False, True, False, False], [False, False, True, False], [True, False, False, True]]
+
+
 def test_views_train_evaluate_and_export_end_to_end(random_build, tmp_path):
     work = tmp_path / "work"
     model = random_build / "random-resnet50-int8.onnx"
@@ -60,10 +71,10 @@ def test_views_train_evaluate_and_export_end_to_end(random_build, tmp_path):
     (only / "10050_0001.jpg").touch()
     run("views", "--model", model, "--only", only, "--views", 2, "--seed", 1, "--out", work)
     assert list(np.load(work / "views-1.npz")["ids"]) == ["10049", "10050"]
-    out = run("train", "--work", work, "--hidden", 64, "--epochs", 2, "--batch", 4)
+    out = run("train", "--work", work, "--hidden", 64, "--epochs", 2, "--batch", 4, "--agree", 1)
     assert "trained in" in out
     summary = json.loads((work / "head.json").read_text())
-    assert summary["items"] == 6 and summary["views_per_item"] == 2
+    assert summary["items"] == 6 and summary["views_per_item"] == 2 and summary["agree"] == 1
     out = run("evaluate", "--work", work)
     assert "4 views of 2 held-out items among 8" in out and "backbone + head" in out
 
