@@ -301,13 +301,13 @@ pub fn average(frames: &[RgbImage]) -> Result<RgbImage> {
     Ok(RgbImage::from_raw(first.width(), first.height(), pixels).expect("same size as the frames"))
 }
 
-/// Writes the reference as a PNG, atomically.
-pub fn save_reference(path: &Path, reference: &RgbImage) -> Result<()> {
+/// Writes an image (the reference, a cut-out) as a PNG, atomically.
+pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut png = Vec::new();
-    reference
+    image
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .with_context(|| format!("cannot encode {}", path.display()))?;
     write_atomically(path, &png)

@@ -312,7 +312,7 @@ impl Scanner {
                 return Err(e);
             }
         };
-        foreground::save_reference(&path, &reference).map_err(|e| format!("{e:#}"))?;
+        foreground::save_png(&path, &reference).map_err(|e| format!("{e:#}"))?;
         self.reference = Some(reference);
         Ok(path.display().to_string())
     }

@@ -43,6 +43,9 @@ enum Command {
     Check(CheckArgs),
     /// Capture the empty scene (nobody in view) as the reference that finds items in frames.
     Calibrate(CalibrateArgs),
+    /// Cut the item out of camera frames as a scan does (by the difference to the empty scene)
+    /// and save what would be embedded, to see what the kiosk sees.
+    Foreground(ForegroundArgs),
     /// The kiosk in simulation on the bundled demo catalogue (the default).
     Demo(DemoArgs),
 }
@@ -123,6 +126,22 @@ struct QueryArgs {
     threads: Option<usize>,
     #[command(flatten)]
     model: ModelArg,
+}
+
+#[derive(Args)]
+struct ForegroundArgs {
+    /// Folder of camera frames.
+    #[arg(long, value_name = "DIR")]
+    images: PathBuf,
+    /// The empty scene of the camera (e.g. the kiosk's calibrated reference.png), for every frame.
+    #[arg(long, value_name = "IMG", required_unless_present = "reference_dir")]
+    reference: Option<PathBuf>,
+    /// Folder of empty-scene frames named as the --images they belong to.
+    #[arg(long, value_name = "DIR", conflicts_with = "reference")]
+    reference_dir: Option<PathBuf>,
+    /// Where to write each frame's cut-out: a PNG named as the frame.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -286,6 +305,7 @@ fn run(command: Command) -> Result<()> {
         Command::Run(args) => kiosk::run(&args.config.load()?),
         Command::Check(args) => cmd_check(args),
         Command::Calibrate(args) => cmd_calibrate(args),
+        Command::Foreground(args) => cmd_foreground(args),
         Command::Demo(args) => cmd_demo(args),
     }
 }
@@ -360,13 +380,8 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
     })
 }
 
-/// `query --images DIR`: every image, then Recall@1/@5 against the id in each file name.
-fn query_folder(
-    session: &mut model::Session,
-    table: &Table,
-    dir: &Path,
-    args: &QueryArgs,
-) -> Result<()> {
+/// The images of a folder, sorted by name; an error if there are none.
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read image folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -376,11 +391,93 @@ fn query_folder(
     if images.is_empty() {
         bail!("{} holds no images", dir.display());
     }
-    let progress = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(images.len() as u64)
+    Ok(images)
+}
+
+/// A progress bar on a terminal, nothing otherwise (logs and pipes stay clean).
+fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(len as u64)
     } else {
         indicatif::ProgressBar::hidden()
-    };
+    }
+}
+
+/// `foreground`: each frame's cut-out as a PNG, one line per frame, then a count of each outcome.
+fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
+    let images = image_files(&args.images)?;
+    let shared_reference = args.reference.as_deref().map(decode_file).transpose()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let progress = progress_bar(images.len());
+    let (mut items, mut nothing, mut failed) = (0usize, 0usize, 0usize);
+    for path in &images {
+        progress.inc(1);
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let cut = (|| -> Result<foreground::Foreground> {
+            let frame = decode_file(path)?;
+            match (&shared_reference, &args.reference_dir) {
+                (Some(reference), _) => foreground::isolate(&frame, reference),
+                (None, Some(dir)) => foreground::isolate(&frame, &decode_file(&dir.join(name))?),
+                (None, None) => bail!("give --reference or --reference-dir"),
+            }
+        })();
+        let line = match cut {
+            Ok(foreground::Foreground::Item {
+                image,
+                bbox,
+                coverage,
+            }) => {
+                let out = args.out.join(Path::new(name).with_extension("png"));
+                foreground::save_png(&out, &image)?;
+                items += 1;
+                format!(
+                    "{name}: item at ({}, {}) {}×{}, {:.1}% of the frame -> {}",
+                    bbox.0,
+                    bbox.1,
+                    bbox.2,
+                    bbox.3,
+                    100.0 * coverage,
+                    out.display()
+                )
+            }
+            Ok(foreground::Foreground::Nothing { coverage }) => {
+                nothing += 1;
+                format!(
+                    "{name}: nothing to scan ({:.1}% of the frame differs)",
+                    100.0 * coverage
+                )
+            }
+            Err(e) => {
+                failed += 1;
+                format!("{name}: skipped: {e:#}")
+            }
+        };
+        progress.suspend(|| println!("{line}"));
+    }
+    progress.finish_and_clear();
+    eprintln!(
+        "{} frames: {items} items cut out, nothing to scan in {nothing}, {failed} unreadable",
+        images.len()
+    );
+    if failed == images.len() {
+        bail!("no frame of {} could be read", args.images.display());
+    }
+    Ok(())
+}
+
+/// `query --images DIR`: every image, then Recall@1/@5 against the id in each file name.
+fn query_folder(
+    session: &mut model::Session,
+    table: &Table,
+    dir: &Path,
+    args: &QueryArgs,
+) -> Result<()> {
+    let images = image_files(dir)?;
+    let progress = progress_bar(images.len());
     let (mut at1, mut at5, mut nothing, mut failed) = (0usize, 0usize, 0usize, 0usize);
     let mut totals = Vec::new();
     for path in &images {
@@ -594,7 +691,7 @@ fn cmd_calibrate(args: CalibrateArgs) -> Result<()> {
         camera.describe()
     );
     let reference = kiosk::capture_reference(camera.as_mut(), frames)?;
-    foreground::save_reference(&path, &reference)?;
+    foreground::save_png(&path, &reference)?;
     println!(
         "calibrated: {} ({}×{}, {frames} frames averaged)",
         path.display(),

@@ -642,6 +642,36 @@ fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_ther
         augmented["results"][0]["score"], result["results"][0]["score"],
         "the augmented views changed nothing"
     );
+    // `foreground` shows an installer what a scan cuts out of each frame.
+    let cuts = scene.path("cuts");
+    let out = common::fashion_kiosk()
+        .arg("foreground")
+        .arg("--images")
+        .arg(&camera)
+        .arg("--reference")
+        .arg(&reference)
+        .arg("--out")
+        .arg(&cuts)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("a-empty.png: nothing to scan"), "{stdout}");
+    assert!(stdout.contains("b-item.png: item at"), "{stdout}");
+    assert!(!cuts.join("a-empty.png").exists());
+    let cut = image::open(cuts.join("b-item.png")).unwrap().to_rgb8();
+    assert_eq!(cut.width(), cut.height(), "a square, as the model gets it");
+    assert!(
+        (160..200).contains(&cut.width()),
+        "the 160-pixel item and its margin: {}",
+        cut.width()
+    );
+    assert_eq!(cut.get_pixel(0, 0).0, [255, 255, 255], "on white");
+
     std::fs::remove_file(&reference).unwrap();
     let out = common::fashion_kiosk()
         .args(["calibrate", "--frames", "2", "--config"])

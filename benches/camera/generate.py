@@ -13,7 +13,9 @@ balance drift (what a camera's auto-exposure does between calibration and scan).
 
 writes camera-set/frames/<id>_<n>.jpg and camera-set/empty/<id>_<n>.jpg (640x480). The item id is
 the file name up to the first "_". Items whose image is byte-identical to another item's are left
-out (a twin would tie at the top). Deterministic for a given seed and catalogue.
+out (a twin would tie at the top), and so are the items of `--exclude DIR`'s frames (training
+frames for models/instance_head.py leave out the evaluation set's items). Deterministic for a given
+seed and catalogue.
 Needs numpy and pillow (models/requirements.txt).
 """
 
@@ -140,11 +142,13 @@ def main():
     parser.add_argument("--labels", type=Path, required=True)
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--exclude", type=Path, help="a folder of frames whose item ids are left out")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
     rows = list(csv.DictReader(args.labels.open()))
-    unique = unique_items(args.catalogue, rows)
+    excluded = {p.name.split("_")[0] for p in args.exclude.glob("*.jpg")} if args.exclude else set()
+    unique = [row for row in unique_items(args.catalogue, rows) if row["id"] not in excluded]
     rng = np.random.default_rng(args.seed)
     picked = rng.choice(len(unique), size=min(args.count, len(unique)), replace=False)
     (args.out / "frames").mkdir(parents=True, exist_ok=True)
