@@ -111,9 +111,20 @@ def render(job: tuple[str, str, int, int]) -> tuple[str, np.ndarray, list[np.nda
     return item_id, bm.preprocess(Path(images) / f"{item_id}.jpg")[0], [to_tensor(camera_view(item, mask, rng)) for _ in range(views)]
 
 
-def cmd_views(args) -> None:
+def backbone_session(model: Path, threads: int):
+    """An onnxruntime session of a backbone-only model: the head learns on its pooled embedding."""
+    import onnx
     import onnxruntime as ort
 
+    if any("pooled" in node.output for node in onnx.load(model).graph.node):
+        sys.exit(f"{model} already ends with the instance head: embed views with the backbone alone "
+                 "(build_models.py build --out backbone/)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def cmd_views(args) -> None:
     images, labels = Path(args.images), Path(args.labels)
     excluded = excluded_ids(args.exclude)
     ids = [i for i in unique_items(images, labels) if i not in excluded]
@@ -125,9 +136,7 @@ def cmd_views(args) -> None:
         ids = [i for i in ids if i not in rendered]
     if args.limit and len(ids) > args.limit:
         ids = [ids[round(n * len(ids) / args.limit)] for n in range(args.limit)]  # spread over the catalogue
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(str(args.model), options, providers=["CPUExecutionProvider"])
+    session = backbone_session(args.model, args.threads)
     clean = np.zeros((len(ids), bm.EMBEDDING_DIM), np.float32)
     views = np.zeros((len(ids), args.views, bm.EMBEDDING_DIM), np.float32)
     started = time.time()
@@ -142,6 +151,35 @@ def cmd_views(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / f"views-{args.seed}.npz", ids=np.array(ids), clean=clean, views=views)
     print(f"{len(ids)} items x {args.views} views in {time.time() - started:.0f} s -> {args.out}")
+
+
+def cmd_cutouts(args) -> None:
+    """Embeds the cut-outs `fashion-kiosk foreground` made of camera frames (`generate.py`; file
+    names start with the item id) as one view each, beside the items' studio shots."""
+    session = backbone_session(args.model, args.threads)
+    excluded = excluded_ids(args.exclude)
+    files = sorted(p for folder in args.cutouts for p in folder.glob("*.png") if p.name.split("_")[0] not in excluded)
+    if not files:
+        sys.exit(f"no cut-outs (*.png) of items to train on in {', '.join(map(str, args.cutouts))}")
+    known = {}
+    for done in args.clean_from:
+        data = np.load(done)
+        known.update(zip(map(str, data["ids"]), data["clean"]))
+    ids, clean, views = [], [], []
+    started = time.time()
+    for n, path in enumerate(files):
+        item_id = path.name.split("_")[0]
+        if item_id not in known:
+            known[item_id] = session.run(None, {bm.INPUT_NAME: bm.preprocess(args.images / f"{item_id}.jpg")})[0][0]
+        ids.append(item_id)
+        clean.append(known[item_id])
+        views.append(session.run(None, {bm.INPUT_NAME: to_tensor(Image.open(path).convert("RGB"))[None]})[0][0])
+        if n % 500 == 0:
+            print(f"{n}/{len(files)} cut-outs, {time.time() - started:.0f} s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / f"views-{args.name}.npz"
+    np.savez(target, ids=np.array(ids), clean=np.stack(clean), views=np.stack(views)[:, None])
+    print(f"{len(ids)} cut-outs in {time.time() - started:.0f} s -> {target}")
 
 
 def unit(x):
@@ -181,15 +219,29 @@ def label_agreement(torch, labels: Path, ids: np.ndarray) -> list:
     return columns
 
 
+def grouped_views(files: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All views files' items, each once: ids, studio-shot embeddings, then every camera view and
+    the item it belongs to (sorted by item), whichever file and however many per item."""
+    clean, views = {}, {}
+    for f in files:
+        for item_id, studio, camera in zip(f["ids"], f["clean"], f["views"]):
+            clean.setdefault(str(item_id), studio)
+            views.setdefault(str(item_id), []).extend(camera)
+    ids = np.array(sorted(clean))
+    owner = np.concatenate([np.full(len(views[i]), n) for n, i in enumerate(ids)])
+    return ids, np.stack([clean[i] for i in ids]), np.stack([v for i in ids for v in views[i]]), owner
+
+
 def cmd_train(args) -> None:
     import torch
 
     torch.manual_seed(args.seed)
-    files = [np.load(args.work / name) for name in args.views]
-    clean = torch.from_numpy(unit(np.concatenate([f["clean"] for f in files])))
-    views = torch.from_numpy(unit(np.concatenate([f["views"] for f in files])))
-    count, per_item, dim = views.shape
-    agree = label_agreement(torch, args.labels, np.concatenate([f["ids"] for f in files])) if args.agree > 0 else None
+    ids, clean, views, owner = grouped_views([np.load(args.work / name) for name in args.views])
+    clean, views, owner = torch.from_numpy(unit(clean)), torch.from_numpy(unit(views)), torch.from_numpy(owner)
+    count, dim = clean.shape
+    first = torch.searchsorted(owner, torch.arange(count))  # each item's views: first[i] .. first[i] + per_item[i]
+    per_item = torch.bincount(owner, minlength=count)
+    agree = label_agreement(torch, args.labels, ids) if args.agree > 0 else None
     head = Head(torch, dim, args.hidden)
     optimiser = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * (count // args.batch)
@@ -200,9 +252,9 @@ def cmd_train(args) -> None:
         losses = []
         for start in range(0, count - args.batch + 1, args.batch):
             batch = order[start : start + args.batch]
-            pick = torch.randint(0, per_item, (len(batch),))
+            pick = first[batch] + (torch.rand(len(batch)) * per_item[batch]).long()
             anchor = torch.nn.functional.normalize(head(clean[batch]), dim=1)
-            query = torch.nn.functional.normalize(head(views[batch, pick]), dim=1)
+            query = torch.nn.functional.normalize(head(views[pick]), dim=1)
             logits = query @ anchor.T / args.temperature
             target = torch.arange(len(batch))
             loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
@@ -226,7 +278,7 @@ def cmd_train(args) -> None:
             losses.append(loss.item())
         print(f"epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.4f} ({time.time() - started:.0f} s)", flush=True)
     np.savez(args.work / "head.npz", w1=head.w1.detach().numpy(), w2=head.w2.detach().numpy())
-    summary = {"trained_by": "models/instance_head.py", "items": int(count), "views_per_item": int(per_item),
+    summary = {"trained_by": "models/instance_head.py", "items": int(count), "views": int(len(views)), "files": list(args.views),
                "hidden": args.hidden, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
                "temperature": args.temperature, "keep": args.keep, "agree": args.agree, "final_loss": round(float(np.mean(losses)), 4),
                "train_seconds": round(time.time() - started)}
@@ -303,7 +355,7 @@ def main() -> None:
     views = commands.add_parser("views", help="render camera views and embed them with the int8 model")
     views.add_argument("--images", type=Path, default=bm.DEFAULT_IMAGES)
     views.add_argument("--labels", type=Path, default=bm.DEFAULT_LABELS)
-    views.add_argument("--model", type=Path, default=HERE / "fashion-resnet50-int8.onnx")
+    views.add_argument("--model", type=Path, required=True, help="the backbone alone, int8 (build_models.py build)")
     views.add_argument("--exclude", type=Path, help="evaluation frames: their item ids are left out")
     views.add_argument("--only", type=Path, help="take only the item ids of these frames (held-out views)")
     views.add_argument("--skip", type=Path, action="append", default=[], help="views-*.npz whose items are done")
@@ -313,6 +365,15 @@ def main() -> None:
     views.add_argument("--threads", type=int, default=1)
     views.add_argument("--workers", type=int, default=2)
     views.add_argument("--out", type=Path, required=True)
+    cutouts = commands.add_parser("cutouts", help="embed `fashion-kiosk foreground` cut-outs of camera frames as views")
+    cutouts.add_argument("--cutouts", type=Path, nargs="+", required=True, help="folders of <id>_<n>.png cut-outs")
+    cutouts.add_argument("--model", type=Path, required=True, help="the backbone alone, int8 (build_models.py build)")
+    cutouts.add_argument("--images", type=Path, default=bm.DEFAULT_IMAGES)
+    cutouts.add_argument("--exclude", type=Path, help="evaluation frames: their item ids are left out")
+    cutouts.add_argument("--clean-from", type=Path, nargs="*", default=[], help="views-*.npz whose studio-shot embeddings to reuse")
+    cutouts.add_argument("--threads", type=int, default=2)
+    cutouts.add_argument("--name", required=True, help="the output is views-NAME.npz")
+    cutouts.add_argument("--out", type=Path, required=True)
     train = commands.add_parser("train", help="train the head on the training views")
     train.add_argument("--work", type=Path, required=True)
     train.add_argument("--views", nargs="+", default=["views-0.npz"], help="views files in --work to train on")
@@ -336,7 +397,8 @@ def main() -> None:
     export.add_argument("--prefix", default="fashion", help="model file prefix, as build_models.py build --prefix")
     export.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
-    {"views": cmd_views, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}[args.command](args)
+    commands = {"views": cmd_views, "cutouts": cmd_cutouts, "train": cmd_train, "evaluate": cmd_evaluate, "export": cmd_export}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

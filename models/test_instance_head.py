@@ -71,10 +71,20 @@ def test_views_train_evaluate_and_export_end_to_end(random_build, tmp_path):
     (only / "10050_0001.jpg").touch()
     run("views", "--model", model, "--only", only, "--views", 2, "--seed", 1, "--out", work)
     assert list(np.load(work / "views-1.npz")["ids"]) == ["10049", "10050"]
-    out = run("train", "--work", work, "--hidden", 64, "--epochs", 2, "--batch", 4, "--agree", 1)
+    # Cut-outs as `fashion-kiosk foreground` writes them: one view each, studio shots reused or embedded.
+    cuts = tmp_path / "cuts"
+    cuts.mkdir()
+    trained = str(data["ids"][0])
+    for name in (f"{trained}_0007.png", "10053_0008.png", "10049_0009.png"):  # 10049 is held out
+        instance_head.camera_view(Image.open(ITEM).convert("RGB"), instance_head.scene.item_mask(Image.open(ITEM)), np.random.default_rng(3)).save(cuts / name)
+    run("cutouts", "--cutouts", cuts, "--model", model, "--exclude", only, "--clean-from", work / "views-0.npz", "--name", "cut", "--out", work)
+    cut = np.load(work / "views-cut.npz")
+    assert list(cut["ids"]) == [trained, "10053"] and cut["views"].shape == (2, 1, 2048)
+    np.testing.assert_array_equal(cut["clean"][0], data["clean"][0])
+    out = run("train", "--work", work, "--views", "views-0.npz", "views-cut.npz", "--hidden", 64, "--epochs", 2, "--batch", 4, "--agree", 1)
     assert "trained in" in out
     summary = json.loads((work / "head.json").read_text())
-    assert summary["items"] == 6 and summary["views_per_item"] == 2 and summary["agree"] == 1
+    assert summary["items"] == 7 and summary["views"] == 14 and summary["agree"] == 1
     out = run("evaluate", "--work", work)
     assert "4 views of 2 held-out items among 8" in out and "backbone + head" in out
 
@@ -96,3 +106,8 @@ def test_views_train_evaluate_and_export_end_to_end(random_build, tmp_path):
                               "--backbone", str(models), "--prefix", "random", "--out", str(tmp_path / "again")],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "already has a head" in refused.stderr
+    # ...and views of a headed model would train a head on a head.
+    refused = subprocess.run([sys.executable, str(HERE / "instance_head.py"), "cutouts", "--cutouts", str(cuts),
+                              "--model", str(models / "random-resnet50-int8.onnx"), "--name", "x", "--out", str(work)],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "already ends with the instance head" in refused.stderr
