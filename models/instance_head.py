@@ -8,22 +8,30 @@ blur, noise, vignette and gamma cost little. The backbone was trained to name ca
 embedding moves with the item's colour cast. This tool learns a head on the backbone's pooled
 embedding that maps camera views of an item onto the item's own studio shot, among all items:
 
-    python models/instance_head.py views   --out work/      # camera-like views -> int8 embeddings
-    python models/instance_head.py train   --work work/     # the head (InfoNCE, in-batch negatives)
-    python models/instance_head.py export  --work work/     # models/fashion-resnet50-*-head.onnx
+    python models/instance_head.py views   --model B --out work/   # camera-like views -> int8 embeddings
+    python models/instance_head.py cutouts --model B --cutouts DIR --name rust --out work/   # views cut out by the Rust step
+    python models/instance_head.py train   --work work/ --views ...  # the head (InfoNCE, in-batch negatives)
+    python models/instance_head.py export  --work work/ --backbone backbone/   # models/fashion-resnet50-*.onnx with the head
+
+B is the int8 backbone alone (build_models.py build --out backbone/): the shipped models already end
+with the head, and `views` / `cutouts` refuse them.
 
 `views` renders each training item as the kiosk sees it after its foreground step: composited onto
 a store background under random light (benches/camera/generate.py's scene and light), cut out by its
 mask (dilated or eroded by up to 2 px, as segmentation errs), on white, cropped to its box with a
-6% margin; and embeds the views and the studio shots with the shipped int8 model in onnxruntime.
-Items of the evaluation camera set (`--exclude DIR`: ids from its file names) and byte-identical
-twins are never trained on.
+6% margin; and embeds the views and the studio shots with B in onnxruntime. `cutouts` embeds what
+`fashion-kiosk foreground` cut out of whole frames (generate.py --exclude), the segmentation's own
+errors included. Items of the evaluation camera set (`--exclude DIR`: ids from its file names) and
+byte-identical twins are never trained on.
 
 The head is two bias-free layers (2048 -> 2048, ReLU, -> 2048) plus the identity: positively
 homogeneous, so head(embedding) points the same way whatever the embedding's norm, and a table built
-with the headed model equals the old table's vectors passed through the head. `export` appends it
-to both shipped models (ONNX MatMul / Relu / Add after the pooled embedding) and writes manifests:
-new SHA-256 fingerprints, so the service refuses tables built with the old models until re-indexed.
+with the headed model equals the old table's vectors passed through the head. The loss pulls each
+view onto its own studio shot among the batch's, and (`--keep`, `--agree`) keeps the studio shots'
+neighbourhoods, leaning towards neighbours with the same articleType and baseColour. `export`
+appends the head to both backbone models (ONNX MatMul / Relu / Add after the pooled embedding) and
+writes manifests: new SHA-256 fingerprints, so the service refuses tables built with other models
+until re-indexed.
 """
 
 from __future__ import annotations
@@ -352,7 +360,7 @@ def cmd_export(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    views = commands.add_parser("views", help="render camera views and embed them with the int8 model")
+    views = commands.add_parser("views", help="render camera views and embed them with the int8 backbone")
     views.add_argument("--images", type=Path, default=bm.DEFAULT_IMAGES)
     views.add_argument("--labels", type=Path, default=bm.DEFAULT_LABELS)
     views.add_argument("--model", type=Path, required=True, help="the backbone alone, int8 (build_models.py build)")
