@@ -380,8 +380,13 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
     })
 }
 
-/// The images of a folder, sorted by name; an error if there are none.
-fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Visits each image of `dir` in name order (an error if there are none) with its file name,
+/// behind a progress bar on a terminal (nothing otherwise: logs and pipes stay clean) that `visit`
+/// prints around with `suspend`. Returns how many images there were.
+fn for_each_image(
+    dir: &Path,
+    mut visit: impl FnMut(&Path, &str, &indicatif::ProgressBar) -> Result<()>,
+) -> Result<usize> {
     let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read image folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -391,32 +396,30 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if images.is_empty() {
         bail!("{} holds no images", dir.display());
     }
-    Ok(images)
-}
-
-/// A progress bar on a terminal, nothing otherwise (logs and pipes stay clean).
-fn progress_bar(len: usize) -> indicatif::ProgressBar {
-    if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(len as u64)
+    let progress = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(images.len() as u64)
     } else {
         indicatif::ProgressBar::hidden()
-    }
-}
-
-/// `foreground`: each frame's cut-out as a PNG, one line per frame, then a count of each outcome.
-fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
-    let images = image_files(&args.images)?;
-    let shared_reference = args.reference.as_deref().map(decode_file).transpose()?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let progress = progress_bar(images.len());
-    let (mut items, mut nothing, mut failed) = (0usize, 0usize, 0usize);
+    };
     for path in &images {
         progress.inc(1);
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
+        visit(path, name, &progress)?;
+    }
+    progress.finish_and_clear();
+    Ok(images.len())
+}
+
+/// `foreground`: each frame's cut-out as a PNG, one line per frame, then a count of each outcome.
+fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
+    let shared_reference = args.reference.as_deref().map(decode_file).transpose()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let (mut items, mut nothing, mut failed) = (0usize, 0usize, 0usize);
+    let frames = for_each_image(&args.images, |path, name, progress| {
         let cut = (|| -> Result<foreground::Foreground> {
             let frame = decode_file(path)?;
             match (&shared_reference, &args.reference_dir) {
@@ -457,13 +460,12 @@ fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
             }
         };
         progress.suspend(|| println!("{line}"));
-    }
-    progress.finish_and_clear();
+        Ok(())
+    })?;
     eprintln!(
-        "{} frames: {items} items cut out, nothing to scan in {nothing}, {failed} unreadable",
-        images.len()
+        "{frames} frames: {items} items cut out, nothing to scan in {nothing}, {failed} unreadable"
     );
-    if failed == images.len() {
+    if failed == frames {
         bail!("no frame of {} could be read", args.images.display());
     }
     Ok(())
@@ -476,16 +478,9 @@ fn query_folder(
     dir: &Path,
     args: &QueryArgs,
 ) -> Result<()> {
-    let images = image_files(dir)?;
-    let progress = progress_bar(images.len());
     let (mut at1, mut at5, mut nothing, mut failed) = (0usize, 0usize, 0usize, 0usize);
     let mut totals = Vec::new();
-    for path in &images {
-        progress.inc(1);
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+    let images = for_each_image(dir, |path, name, progress| {
         let looked_up = (|| -> Result<query::QueryResult> {
             let reference = match &args.reference_dir {
                 Some(refs) => Some(decode_file(&refs.join(name))?),
@@ -504,7 +499,7 @@ fn query_folder(
             Err(e) => {
                 progress.suspend(|| tracing::warn!("skipped {}: {e:#}", path.display()));
                 failed += 1;
-                continue;
+                return Ok(());
             }
         };
         let id = name.split(['_', '.']).next().unwrap_or_default();
@@ -522,9 +517,9 @@ fn query_folder(
         } else {
             progress.suspend(|| print_results(path, &result));
         }
-    }
-    progress.finish_and_clear();
-    let scored = images.len() - failed;
+        Ok(())
+    })?;
+    let scored = images - failed;
     let share = |n: usize| n as f64 / scored.max(1) as f64;
     totals.sort_by(f64::total_cmp);
     eprintln!(
