@@ -64,12 +64,6 @@ def unique_items(images: Path, labels: Path) -> list[str]:
         return [row["id"] for row in scene.unique_items(images, list(csv.DictReader(f)))]
 
 
-def excluded_ids(folder: Path | None) -> set[str]:
-    if folder is None:
-        return set()
-    return {p.name.split("_")[0] for p in folder.rglob("*.jpg")}
-
-
 def to_tensor(img: Image.Image) -> np.ndarray:
     """The manifest's preprocessing of an already square image."""
     if img.size != (bm.INPUT_SIZE, bm.INPUT_SIZE):
@@ -134,10 +128,10 @@ def backbone_session(model: Path, threads: int):
 
 def cmd_views(args) -> None:
     images, labels = Path(args.images), Path(args.labels)
-    excluded = excluded_ids(args.exclude)
+    excluded = scene.frame_ids(args.exclude)
     ids = [i for i in unique_items(images, labels) if i not in excluded]
     if args.only:
-        wanted = excluded_ids(args.only)
+        wanted = scene.frame_ids(args.only)
         ids = [i for i in unique_items(images, labels) if i in wanted]
     for done in args.skip:
         rendered = set(np.load(done)["ids"])
@@ -165,7 +159,7 @@ def cmd_cutouts(args) -> None:
     """Embeds the cut-outs `fashion-kiosk foreground` made of camera frames (`generate.py`; file
     names start with the item id) as one view each, beside the items' studio shots."""
     session = backbone_session(args.model, args.threads)
-    excluded = excluded_ids(args.exclude)
+    excluded = scene.frame_ids(args.exclude)
     files = sorted(p for folder in args.cutouts for p in folder.glob("*.png") if p.name.split("_")[0] not in excluded)
     if not files:
         sys.exit(f"no cut-outs (*.png) of items to train on in {', '.join(map(str, args.cutouts))}")

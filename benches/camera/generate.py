@@ -127,6 +127,13 @@ class Light:
         return out.getvalue()
 
 
+def frame_ids(folder: Path | None) -> set[str]:
+    """The item ids of a folder of frames (each file name up to its first "_"); none without one."""
+    if folder is None:
+        return set()
+    return {p.name.split("_")[0] for p in folder.rglob("*.jpg")}
+
+
 def unique_items(catalogue: Path, rows: list[dict]) -> list[dict]:
     """The label rows whose image has no byte-identical twin (a twin would tie at the top), by id."""
     digests = {}
@@ -147,7 +154,7 @@ def main():
     args = parser.parse_args()
 
     rows = list(csv.DictReader(args.labels.open()))
-    excluded = {p.name.split("_")[0] for p in args.exclude.glob("*.jpg")} if args.exclude else set()
+    excluded = frame_ids(args.exclude)
     unique = [row for row in unique_items(args.catalogue, rows) if row["id"] not in excluded]
     rng = np.random.default_rng(args.seed)
     picked = rng.choice(len(unique), size=min(args.count, len(unique)), replace=False)
