@@ -205,15 +205,20 @@ fn scan_paths(
     runs: usize,
     threads: usize,
 ) -> Result<()> {
-    let mut foreground = Vec::new();
+    let (mut by_reference, mut alone) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (d, _) = time(|| foreground::isolate(frame, reference))?;
-        foreground.push(d);
+        by_reference.push(time(|| foreground::isolate(frame, reference))?.0);
+        alone.push(time(|| Ok(foreground::isolate_without_reference(frame)))?.0);
     }
     println!(
         "{:<44} {}",
         "foreground (difference to the empty scene)",
-        Stats::of(foreground)
+        Stats::of(by_reference)
+    );
+    println!(
+        "{:<44} {}",
+        "foreground without a reference (salient)",
+        Stats::of(alone)
     );
 
     let base = Options {
@@ -224,7 +229,7 @@ fn scan_paths(
     };
     let paths = [
         (
-            "centre square",
+            "no reference (salient)",
             Options {
                 reference: None,
                 ..base

@@ -25,7 +25,8 @@ pub enum Foreground {
         bbox: (u32, u32, u32, u32),
         coverage: f32,
     },
-    /// Nothing differs from the empty scene enough to be an item.
+    /// Nothing differs from the empty scene enough to be an item (without a reference: nothing
+    /// stands out, or the frame is a studio shot to be embedded whole).
     Nothing { coverage: f32 },
 }
 
@@ -231,25 +232,7 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
         .map(|l| l == main || (l > 0 && sizes[l] * 5 >= largest && near(l)))
         .collect();
     let item: Vec<bool> = labels.iter().map(|&l| l != 0 && keep[l as usize]).collect();
-    let (mut x0, mut y0, mut x1, mut y1) = (wu, hu, 0, 0);
-    for (i, _) in item.iter().enumerate().filter(|(_, &m)| m) {
-        let (x, y) = (i % wu, i / wu);
-        x0 = x0.min(x);
-        y0 = y0.min(y);
-        x1 = x1.max(x + 1);
-        y1 = y1.max(y + 1);
-    }
     let coverage = item.iter().filter(|&&m| m).count() as f32 / n as f32;
-
-    // Back to full resolution, with a margin of 6% of the box each side.
-    let (bw, bh) = ((x1 - x0) as u32 * CELL, (y1 - y0) as u32 * CELL);
-    let margin_x = bw * 6 / 100;
-    let margin_y = bh * 6 / 100;
-    let left = (x0 as u32 * CELL).saturating_sub(margin_x);
-    let top = (y0 as u32 * CELL).saturating_sub(margin_y);
-    let right = (x1 as u32 * CELL + margin_x).min(frame.width());
-    let bottom = (y1 as u32 * CELL + margin_y).min(frame.height());
-    let (cw, ch) = (right - left, bottom - top);
 
     // Pixel by pixel at the item's edge (cells are coarse): inside cells are the item, cells
     // next to its edge keep only the pixels that differ from the scene by more than the
@@ -257,6 +240,242 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
     let pixel_threshold = pixel_noise_threshold(frame, reference, &gains, &item, w);
     let grown = morph(&item, wu, hu, false);
     let inner = morph(&item, wu, hu, true);
+    Ok(place_on_white(frame, &item, w, coverage, |x, y, cell| {
+        inner[cell]
+            || (grown[cell]
+                && pixel_difference(*frame.get_pixel(x, y), *reference.get_pixel(x, y), &gains)
+                    > pixel_threshold)
+    }))
+}
+
+/// A frame whose border cells are this share near-white (each channel at least [`STUDIO_WHITE`])
+/// is a studio shot.
+const STUDIO_BORDER: f32 = 0.75;
+const STUDIO_WHITE: f32 = 235.0;
+/// Without an empty scene, neighbouring cells that differ by at most this much (largest channel
+/// difference) belong to one flat region: a wall, a shelf, a poster.
+const FLAT_STEP: f32 = 12.0;
+/// A flat region of at least this many cells that fills this share of its bounding box is a
+/// rectangle of the store (a shelf, a poster, a door), not the item.
+const STRUCTURE_CELLS: usize = 30;
+const STRUCTURE_FILL: f32 = 0.85;
+/// Steps between neighbouring cells up to this size are noise, texture or a smooth gradient and
+/// cost nothing on the way in from the background.
+const STEP_NOISE: f32 = 3.0;
+/// A cell is salient when every way in from the background crosses edges adding up to this much.
+const SALIENCE: f32 = 30.0;
+
+/// Finds the item in a frame without an empty scene, by what sets it apart from the background:
+/// the frame's border and the flat rectangles of the store (shelves, posters) are background; a
+/// cell is part of the item when every path to it from the background crosses strong edges
+/// (a geodesic distance, where steps below the noise cost nothing). Of the salient parts, the
+/// one that is large and near the middle of the frame is the item (the kiosk frames its
+/// shopper), with its holes filled. `Nothing` means no salient part: the caller falls back to the
+/// centred square (without a reference an empty scene cannot be told from a plain item).
+/// A studio shot on white (the catalogue's own kind of image: its border mostly near-white) is
+/// `Nothing` too, so that it is embedded whole, exactly as the catalogue was indexed; and so is a
+/// frame too small to tell anything apart.
+pub fn isolate_without_reference(frame: &RgbImage) -> Foreground {
+    if frame.width() < 16 * CELL || frame.height() < 16 * CELL {
+        return Foreground::Nothing { coverage: 0.0 };
+    }
+    let (f, w, h) = cells(frame);
+    let (wu, hu) = (w as usize, h as usize);
+    let n = f.len();
+    let ring: Vec<usize> = (0..n)
+        .filter(|&i| i % wu == 0 || i % wu == wu - 1 || i / wu == 0 || i / wu == hu - 1)
+        .collect();
+    let white = ring
+        .iter()
+        .filter(|&&i| f[i].iter().all(|&c| c >= STUDIO_WHITE))
+        .count();
+    if white as f32 >= STUDIO_BORDER * ring.len() as f32 {
+        return Foreground::Nothing { coverage: 0.0 };
+    }
+    let step = |a: usize, b: usize| {
+        (0..3)
+            .map(|c| (f[a][c] - f[b][c]).abs())
+            .fold(0.0, f32::max)
+    };
+
+    let mut background = store_structure(wu, hu, &step);
+    for &i in &ring {
+        background[i] = true;
+    }
+    let distance = distance_from(&background, wu, hu, |a, b| {
+        (step(a, b) - STEP_NOISE).max(0.0) + 0.01
+    });
+    let mask: Vec<bool> = distance.iter().map(|&d| d > SALIENCE).collect();
+    let closed = morph(&morph(&mask, wu, hu, false), wu, hu, true);
+    let opened = morph(&morph(&closed, wu, hu, true), wu, hu, false);
+    let (labels, sizes) = components(&opened, wu, hu);
+
+    // Large and central: size, weighted down with the part's distance from the frame's middle.
+    let mut sums = vec![(0f32, 0f32); sizes.len()];
+    for (i, &l) in labels.iter().enumerate() {
+        let s = &mut sums[l as usize];
+        s.0 += (i % wu) as f32;
+        s.1 += (i / wu) as f32;
+    }
+    let score = |l: usize| {
+        let count = sizes[l] as f32;
+        let dx = sums[l].0 / count / wu as f32 - 0.5;
+        let dy = sums[l].1 / count / hu as f32 - 0.5;
+        count * (-(dx * dx / 0.05 + dy * dy / 0.08)).exp()
+    };
+    let Some(main) = (1..sizes.len()).max_by(|&a, &b| score(a).total_cmp(&score(b))) else {
+        return Foreground::Nothing { coverage: 0.0 };
+    };
+    let coverage = sizes[main] as f32 / n as f32;
+    if coverage < MIN_COVERAGE {
+        return Foreground::Nothing { coverage };
+    }
+    // Holes: what is not the item and cannot be reached from the frame's edge without crossing it.
+    let outside: Vec<bool> = labels.iter().map(|&l| l as usize != main).collect();
+    let (gaps, _) = components(&outside, wu, hu);
+    let mut open_gaps = std::collections::HashSet::new();
+    for (i, &g) in gaps.iter().enumerate() {
+        let (x, y) = (i % wu, i / wu);
+        if x == 0 || y == 0 || x == wu - 1 || y == hu - 1 {
+            open_gaps.insert(g);
+        }
+    }
+    let item: Vec<bool> = (0..n)
+        .map(|i| !outside[i] || !open_gaps.contains(&gaps[i]))
+        .collect();
+    let coverage = item.iter().filter(|&&m| m).count() as f32 / n as f32;
+    place_on_white(frame, &item, w, coverage, |_, _, cell| item[cell])
+}
+
+/// Cells of flat regions shaped like upright rectangles ([`STRUCTURE_FILL`] of their box): the
+/// store's shelves, posters and doors. `step(a, b)` is the difference between two cells.
+fn store_structure(w: usize, h: usize, step: &impl Fn(usize, usize) -> f32) -> Vec<bool> {
+    let mut region = vec![usize::MAX; w * h];
+    let mut structure = vec![false; w * h];
+    let mut stack = Vec::new();
+    let mut members = Vec::new();
+    for start in 0..w * h {
+        if region[start] != usize::MAX {
+            continue;
+        }
+        region[start] = start;
+        stack.push(start);
+        members.clear();
+        let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+        while let Some(i) = stack.pop() {
+            members.push(i);
+            let (x, y) = (i % w, i / w);
+            (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
+            let neighbours = [
+                (x > 0).then(|| i - 1),
+                (x + 1 < w).then(|| i + 1),
+                (y > 0).then(|| i - w),
+                (y + 1 < h).then(|| i + w),
+            ];
+            for j in neighbours.into_iter().flatten() {
+                if region[j] == usize::MAX && step(i, j) <= FLAT_STEP {
+                    region[j] = start;
+                    stack.push(j);
+                }
+            }
+        }
+        let filled = members.len() as f32 >= STRUCTURE_FILL * ((x1 - x0) * (y1 - y0)) as f32;
+        if members.len() >= STRUCTURE_CELLS && filled {
+            for &i in &members {
+                structure[i] = true;
+            }
+        }
+    }
+    structure
+}
+
+/// The cheapest path cost to each cell of a `w`×`h` grid from any `source` cell, moving between
+/// 8-neighbours at `cost(a, b)` (Dijkstra).
+fn distance_from(
+    source: &[bool],
+    w: usize,
+    h: usize,
+    cost: impl Fn(usize, usize) -> f32,
+) -> Vec<f32> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    /// A cell and its distance, ordered by distance.
+    #[derive(PartialEq)]
+    struct Reached(f32, usize);
+    impl Eq for Reached {}
+    impl PartialOrd for Reached {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Reached {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+        }
+    }
+    let mut distance = vec![f32::INFINITY; w * h];
+    let mut heap = BinaryHeap::new();
+    for (i, _) in source.iter().enumerate().filter(|(_, &s)| s) {
+        distance[i] = 0.0;
+        heap.push(Reverse(Reached(0.0, i)));
+    }
+    while let Some(Reverse(Reached(d, i))) = heap.pop() {
+        if d > distance[i] {
+            continue;
+        }
+        let (x, y) = ((i % w) as i64, (i / w) as i64);
+        for (dx, dy) in [
+            (-1, -1),
+            (0, -1),
+            (1, -1),
+            (-1, 0),
+            (1, 0),
+            (-1, 1),
+            (0, 1),
+            (1, 1),
+        ] {
+            let (nx, ny) = (x + dx, y + dy);
+            if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                continue;
+            }
+            let j = ny as usize * w + nx as usize;
+            let through = d + cost(i, j);
+            if through < distance[j] {
+                distance[j] = through;
+                heap.push(Reverse(Reached(through, j)));
+            }
+        }
+    }
+    distance
+}
+
+/// The item's cells (`item`, a grid `cells_wide` across) cut out of `frame` with a margin of 6%
+/// of their box each side and placed on a white square; `keep(x, y, cell)` says whether the
+/// frame pixel (x, y), in grid cell `cell`, is the item's (the others turn white).
+fn place_on_white(
+    frame: &RgbImage,
+    item: &[bool],
+    cells_wide: u32,
+    coverage: f32,
+    keep: impl Fn(u32, u32, usize) -> bool,
+) -> Foreground {
+    let (w, h) = (cells_wide, frame.height() / CELL);
+    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+    for (i, _) in item.iter().enumerate().filter(|(_, &m)| m) {
+        let (x, y) = (i as u32 % w, i as u32 / w);
+        x0 = x0.min(x);
+        y0 = y0.min(y);
+        x1 = x1.max(x + 1);
+        y1 = y1.max(y + 1);
+    }
+    let (bw, bh) = ((x1 - x0) * CELL, (y1 - y0) * CELL);
+    let margin_x = bw * 6 / 100;
+    let margin_y = bh * 6 / 100;
+    let left = (x0 * CELL).saturating_sub(margin_x);
+    let top = (y0 * CELL).saturating_sub(margin_y);
+    let right = (x1 * CELL + margin_x).min(frame.width());
+    let bottom = (y1 * CELL + margin_y).min(frame.height());
+    let (cw, ch) = (right - left, bottom - top);
     let side = cw.max(ch);
     let (ox, oy) = ((side - cw) / 2, (side - ch) / 2);
     let mut square = RgbImage::from_pixel(side, side, Rgb([255, 255, 255]));
@@ -264,21 +483,16 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
         for x in 0..cw {
             let (fx, fy) = (left + x, top + y);
             let cell = ((fy / CELL).min(h - 1) * w + (fx / CELL).min(w - 1)) as usize;
-            let pixel = *frame.get_pixel(fx, fy);
-            let keep = inner[cell]
-                || (grown[cell]
-                    && pixel_difference(pixel, *reference.get_pixel(fx, fy), &gains)
-                        > pixel_threshold);
-            if keep {
-                square.put_pixel(ox + x, oy + y, pixel);
+            if keep(fx, fy, cell) {
+                square.put_pixel(ox + x, oy + y, *frame.get_pixel(fx, fy));
             }
         }
     }
-    Ok(Foreground::Item {
+    Foreground::Item {
         image: square,
         bbox: (left, top, cw, ch),
         coverage,
-    })
+    }
 }
 
 /// Averages several frames of the empty scene into one reference (noise drops by √n).
@@ -404,6 +618,94 @@ mod tests {
         let frame = image::imageops::resize(&reference, 160, 120, image::imageops::Nearest);
         let err = isolate(&frame, &reference).unwrap_err();
         assert!(format!("{err}").contains("recalibrate"), "{err}");
+    }
+
+    /// A store without its camera's reference: a wall with a gradient and noise, and a poster
+    /// (a flat upright rectangle) at `poster` (x, y, width, height).
+    fn store(poster: (u32, u32, u32, u32)) -> RgbImage {
+        let mut state = 7u32;
+        RgbImage::from_fn(320, 240, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let noise = (state % 7) as f32 - 3.0;
+            let (px, py, pw, ph) = poster;
+            let base = if (px..px + pw).contains(&x) && (py..py + ph).contains(&y) {
+                [40.0, 60.0, 200.0]
+            } else {
+                let shade = 1.0 - 0.2 * x as f32 / 320.0 - 0.1 * y as f32 / 240.0;
+                [170.0 * shade, 150.0 * shade, 120.0 * shade]
+            };
+            Rgb(base.map(|b| (b + noise).clamp(0.0, 255.0) as u8))
+        })
+    }
+
+    /// A striped garment-like ellipse centred at (cx, cy) with half-axes (rx, ry).
+    fn with_garment(mut image: RgbImage, (cx, cy): (f32, f32), (rx, ry): (f32, f32)) -> RgbImage {
+        for y in 0..image.height() {
+            for x in 0..image.width() {
+                let (dx, dy) = ((x as f32 - cx) / rx, (y as f32 - cy) / ry);
+                if dx * dx + dy * dy <= 1.0 {
+                    let stripe = (x + y) / 6 % 2 == 0;
+                    let colour = if stripe { [200, 30, 40] } else { [30, 30, 30] };
+                    image.put_pixel(x, y, Rgb(colour));
+                }
+            }
+        }
+        image
+    }
+
+    #[test]
+    fn without_a_reference_the_item_stands_out_from_the_store_and_its_poster() {
+        // The poster touches the garment: the garment's box must not take it in.
+        let frame = with_garment(store((196, 30, 90, 70)), (150.0, 120.0), (50.0, 90.0));
+        let Foreground::Item { image, bbox, .. } = isolate_without_reference(&frame) else {
+            panic!("no item found");
+        };
+        let (x, y, w, h) = bbox;
+        assert!(
+            x <= 100 && y <= 30 && x + w >= 200 && y + h >= 210,
+            "{bbox:?}"
+        );
+        assert!(
+            x + w <= 215 && w <= 100 + 20,
+            "the poster was taken in: {bbox:?}"
+        );
+        // The garment on white: its middle kept, the wall beside it turned white.
+        let (side, middle) = (image.width(), image.height() / 2);
+        assert_ne!(image.get_pixel(side / 2, middle).0, [255, 255, 255]);
+        assert_eq!(image.get_pixel(2, middle).0, [255, 255, 255]);
+    }
+
+    #[test]
+    fn without_a_reference_a_studio_shot_on_white_is_left_whole() {
+        let white = RgbImage::from_pixel(320, 240, Rgb([252, 253, 251]));
+        let shot = with_garment(white, (160.0, 120.0), (60.0, 100.0));
+        assert!(matches!(
+            isolate_without_reference(&shot),
+            Foreground::Nothing { .. }
+        ));
+    }
+
+    #[test]
+    fn without_a_reference_a_bare_store_has_nothing_that_stands_out() {
+        assert!(matches!(
+            isolate_without_reference(&store((20, 20, 80, 60))),
+            Foreground::Nothing { .. }
+        ));
+    }
+
+    #[test]
+    fn without_a_reference_the_item_near_the_middle_wins_over_one_at_the_side() {
+        let frame = with_garment(
+            with_garment(store((0, 0, 1, 1)), (40.0, 120.0), (30.0, 60.0)),
+            (170.0, 120.0),
+            (40.0, 70.0),
+        );
+        let Foreground::Item { bbox, .. } = isolate_without_reference(&frame) else {
+            panic!("no item found");
+        };
+        assert!(bbox.0 >= 100 && bbox.0 <= 130, "{bbox:?}");
     }
 
     #[test]

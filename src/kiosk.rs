@@ -180,7 +180,8 @@ pub struct ScanLatency {
 /// One scan's outcome, as the worker reports it.
 struct ScanReport {
     pressed: Instant,
-    /// How the item was found: "reference", "region" or "centre".
+    /// How the item was found: "reference", "region", "salient" or "centre" ("none" when the scan
+    /// failed).
     region: &'static str,
     /// The items, or `None` when the frame held nothing but the empty scene.
     outcome: Result<Option<Vec<Recommendation>>, ScanFailure>,
@@ -274,9 +275,15 @@ impl Scanner {
             flip: false,
             crops: false,
         };
-        let region = options.path();
+        let mut region = "none";
         let outcome = query::query_image(&mut self.session, &self.table, &frame, options, self.top)
             .map(|result| {
+                // A frame like the empty scene was still looked at by the reference.
+                region = if result.region == "nothing" {
+                    "reference"
+                } else {
+                    result.region
+                };
                 let stages = &result.latency_ms;
                 latency.foreground = stages.foreground;
                 latency.preprocess = stages.preprocess;

@@ -43,8 +43,8 @@ enum Command {
     Check(CheckArgs),
     /// Capture the empty scene (nobody in view) as the reference that finds items in frames.
     Calibrate(CalibrateArgs),
-    /// Cut the item out of camera frames as a scan does (by the difference to the empty scene)
-    /// and save what would be embedded, to see what the kiosk sees.
+    /// Cut the item out of camera frames as a scan does (by the difference to the empty scene, or
+    /// without one by what stands out) and save what would be embedded, to see what the kiosk sees.
     Foreground(ForegroundArgs),
     /// The kiosk in simulation on the bundled demo catalogue (the default).
     Demo(DemoArgs),
@@ -134,7 +134,8 @@ struct ForegroundArgs {
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
     /// The empty scene of the camera (e.g. the kiosk's calibrated reference.png), for every frame.
-    #[arg(long, value_name = "IMG", required_unless_present = "reference_dir")]
+    /// Without it (or --reference-dir), what stands out from the store near the frame's middle.
+    #[arg(long, value_name = "IMG")]
     reference: Option<PathBuf>,
     /// Folder of empty-scene frames named as the --images they belong to.
     #[arg(long, value_name = "DIR", conflicts_with = "reference")]
@@ -188,8 +189,8 @@ struct BenchArgs {
     /// Also print where each model spends its time, by operator type.
     #[arg(long)]
     profile: bool,
-    /// A camera frame to time the scan paths on (centre square; difference to --reference, without
-    /// and with each test-time augmentation), with the first model and --table.
+    /// A camera frame to time the scan paths on (without a reference; difference to --reference,
+    /// without and with each test-time augmentation), with the first model and --table.
     #[arg(long, value_name = "IMG", requires_all = ["reference", "table"])]
     frame: Option<PathBuf>,
     /// The empty scene of --frame's camera.
@@ -416,6 +417,7 @@ fn for_each_image(
 /// `foreground`: each frame's cut-out as a PNG, one line per frame, then a count of each outcome.
 fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
     let shared_reference = args.reference.as_deref().map(decode_file).transpose()?;
+    let by_reference = shared_reference.is_some() || args.reference_dir.is_some();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let (mut items, mut nothing, mut failed) = (0usize, 0usize, 0usize);
@@ -425,7 +427,7 @@ fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
             match (&shared_reference, &args.reference_dir) {
                 (Some(reference), _) => foreground::isolate(&frame, reference),
                 (None, Some(dir)) => foreground::isolate(&frame, &decode_file(&dir.join(name))?),
-                (None, None) => bail!("give --reference or --reference-dir"),
+                (None, None) => Ok(foreground::isolate_without_reference(&frame)),
             }
         })();
         let line = match cut {
@@ -449,10 +451,14 @@ fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
             }
             Ok(foreground::Foreground::Nothing { coverage }) => {
                 nothing += 1;
-                format!(
-                    "{name}: nothing to scan ({:.1}% of the frame differs)",
-                    100.0 * coverage
-                )
+                if by_reference {
+                    format!(
+                        "{name}: nothing to scan ({:.1}% of the frame differs)",
+                        100.0 * coverage
+                    )
+                } else {
+                    format!("{name}: nothing stands out (a scan embeds the centred square)")
+                }
             }
             Err(e) => {
                 failed += 1;
@@ -462,9 +468,12 @@ fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
         progress.suspend(|| println!("{line}"));
         Ok(())
     })?;
-    eprintln!(
-        "{frames} frames: {items} items cut out, nothing to scan in {nothing}, {failed} unreadable"
-    );
+    let none = if by_reference {
+        "nothing to scan"
+    } else {
+        "nothing stands out"
+    };
+    eprintln!("{frames} frames: {items} items cut out, {none} in {nothing}, {failed} unreadable");
     if failed == frames {
         bail!("no frame of {} could be read", args.images.display());
     }

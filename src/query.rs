@@ -26,7 +26,8 @@ pub struct Recommendation {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     pub decode: f64,
-    /// Finding the item by its difference to the empty scene (0 without a reference).
+    /// Finding the item in the frame (by its difference to the empty scene, or without one by
+    /// what stands out; 0 for a configured region).
     pub foreground: f64,
     pub preprocess: f64,
     pub embed: f64,
@@ -38,8 +39,9 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
     /// How the item was found: "reference" (difference to the empty scene), "region" (the
-    /// configured part of the frame), "centre" (the centred square of the frame), or "nothing"
-    /// (the frame matches the empty scene: no results).
+    /// configured part of the frame), "salient" (what stands out from the store around it, without
+    /// a reference), "centre" (the centred square of the frame, when nothing stands out), or
+    /// "nothing" (the frame matches the empty scene: no results).
     pub region: &'static str,
     pub results: Vec<Recommendation>,
     pub latency_ms: Latency,
@@ -84,25 +86,14 @@ pub struct Options<'a> {
     /// The empty scene of the same camera: embed only what differs from it, on white.
     pub reference: Option<&'a RgbImage>,
     /// Without a reference: the part of the frame to embed, `[x, y, width, height]`; without
-    /// either, the centred square.
+    /// either, what stands out from the background near the middle of the frame (else the centred
+    /// square).
     pub region: Option<[u32; 4]>,
     /// Also embed the mirrored image and average (test-time augmentation).
     pub flip: bool,
     /// Also embed five crops of the item (centre and corners, each 80% of its width and height)
     /// and average (test-time augmentation).
     pub crops: bool,
-}
-
-impl Options<'_> {
-    /// How the item is found in the frame: "reference" (difference to the empty scene), "region"
-    /// (the configured part of the frame) or "centre" (the centred square).
-    pub fn path(&self) -> &'static str {
-        match (self.reference, self.region) {
-            (Some(_), _) => "reference",
-            (None, Some(_)) => "region",
-            (None, None) => "centre",
-        }
-    }
 }
 
 /// Side of each multi-crop view, as a share of the item's width and height.
@@ -117,9 +108,11 @@ pub fn query_image(
     top: usize,
 ) -> Result<QueryResult> {
     let start = Instant::now();
-    let (subject, area) = match (options.reference, options.region) {
+    let (path, subject, area) = match (options.reference, options.region) {
         (Some(reference), _) => match foreground::isolate(image, reference)? {
-            Foreground::Item { image, .. } => (std::borrow::Cow::Owned(image), Region::Whole),
+            Foreground::Item { image, .. } => {
+                ("reference", std::borrow::Cow::Owned(image), Region::Whole)
+            }
             Foreground::Nothing { .. } => {
                 let total = ms(start, Instant::now());
                 return Ok(QueryResult {
@@ -134,6 +127,7 @@ pub fn query_image(
             }
         },
         (None, Some([x, y, width, height])) => (
+            "region",
             std::borrow::Cow::Borrowed(image),
             Region::Rect {
                 x,
@@ -142,12 +136,19 @@ pub fn query_image(
                 height,
             },
         ),
-        (None, None) => (std::borrow::Cow::Borrowed(image), Region::Whole),
+        (None, None) => match foreground::isolate_without_reference(image) {
+            Foreground::Item { image, .. } => {
+                ("salient", std::borrow::Cow::Owned(image), Region::Whole)
+            }
+            Foreground::Nothing { .. } => {
+                ("centre", std::borrow::Cow::Borrowed(image), Region::Whole)
+            }
+        },
     };
     let isolated = Instant::now();
     let (results, times) = look_up(session, table, &subject, area, options, top)?;
     Ok(QueryResult {
-        region: options.path(),
+        region: path,
         results,
         latency_ms: Latency {
             decode: 0.0,

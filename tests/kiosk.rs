@@ -617,26 +617,29 @@ fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_ther
         scene_line.contains(" ok ") && scene_line.contains("calibrated ("),
         "{stdout}"
     );
-    let query_item = |augmentations: &[&str]| -> serde_json::Value {
+    let query_item = |arguments: &[&str]| -> serde_json::Value {
         let out = common::fashion_kiosk()
             .args(["query", "--json"])
-            .args(augmentations)
+            .args(arguments)
             .arg("--table")
             .arg(scene.path("catalogue.fkt"))
             .arg("--image")
             .arg(camera.join("b-item.png"))
-            .arg("--reference")
-            .arg(&reference)
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
     };
-    let result = query_item(&[]);
+    let with_reference = ["--reference", reference.to_str().unwrap()];
+    let result = query_item(&with_reference);
     assert_eq!(result["region"], "reference");
     assert_eq!(result["results"][0]["id"], item_id.as_str());
+    // Without the reference, the item still stands out from the store around it.
+    let alone = query_item(&[]);
+    assert_eq!(alone["region"], "salient");
+    assert_eq!(alone["results"][0]["id"], item_id.as_str());
     // With the test-time augmentations: 12 views (itself, five crops, and their mirror images).
-    let augmented = query_item(&["--flip", "--crops"]);
+    let augmented = query_item(&[&with_reference[..], &["--flip", "--crops"]].concat());
     assert_eq!(augmented["results"][0]["id"], item_id.as_str());
     assert_ne!(
         augmented["results"][0]["score"], result["results"][0]["score"],
@@ -712,7 +715,7 @@ fn query_images_prints_a_line_per_frame_and_recall_against_file_names() {
     assert_eq!(lines.len(), 3);
     for (line, frame) in lines.iter().zip(0..) {
         assert_eq!(line["image"], format!("frame-{frame}.jpg"));
-        assert_eq!(line["region"], "centre");
+        assert_eq!(line["region"], "centre", "a studio shot is embedded whole");
         assert!(line["latency_ms"]["embed"].as_f64().unwrap() > 0.0);
     }
     // The file names here are "frame-N", not item ids: recall is 0 and says over how many.
