@@ -35,7 +35,7 @@ fn finding(part: &'static str, outcome: Result<String>) -> Finding {
 fn describe_region(region: Option<[u32; 4]>) -> String {
     match region {
         Some([x, y, w, h]) => format!("the region {w}×{h} at ({x}, {y})"),
-        None => "the centre of the frame".into(),
+        None => "what stands out near the middle of the frame".into(),
     }
 }
 

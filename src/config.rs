@@ -120,7 +120,8 @@ pub struct SceneConfig {
     /// item is what differs from it.
     pub reference: Option<PathBuf>,
     /// Without a reference: the part of the frame to embed, `[x, y, width, height]`; without
-    /// either, the centred square of the frame.
+    /// either, what stands out from the store near the middle of the frame (else the centred
+    /// square).
     pub region: Option<[u32; 4]>,
     /// Frames `calibrate` averages into the reference.
     pub calibration_frames: u32,
