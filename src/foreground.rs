@@ -128,10 +128,27 @@ fn bounding_boxes(labels: &[u32], count: usize, w: usize) -> Vec<(usize, usize, 
     boxes
 }
 
+/// A channel value this high may be clipped: the scene there was at least this bright.
+const CLIPPED: f32 = 240.0;
+
+/// How far a frame's channel value is from the reference's, scaled by the channel's gain. A
+/// clipped value only bounds the scene from below, so where one side is clipped only a frame
+/// darker (reference clipped) or brighter (frame clipped) than that bound counts; both clipped
+/// agree (a bright poster under a little more or less exposure).
+fn channel_difference(frame: f32, reference: f32, gain: f32) -> f32 {
+    let expected = gain * reference;
+    match (frame >= CLIPPED, reference >= CLIPPED) {
+        (true, true) => 0.0,
+        (false, true) => (expected - frame).max(0.0),
+        (true, false) => (frame - expected).max(0.0),
+        (false, false) => (frame - expected).abs(),
+    }
+}
+
 /// The largest channel difference between a frame pixel and the gain-matched reference pixel.
 fn pixel_difference(frame: Rgb<u8>, reference: Rgb<u8>, gains: &[f32; 3]) -> f32 {
     (0..3)
-        .map(|c| (frame.0[c] as f32 - gains[c] * reference.0[c] as f32).abs())
+        .map(|c| channel_difference(frame.0[c] as f32, reference.0[c] as f32, gains[c]))
         .fold(0.0, f32::max)
 }
 
@@ -186,16 +203,21 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
     let n = f.len();
 
     // Exposure and white-balance drift: the background is most of the frame, so the median
-    // ratio per channel is the gain between the two.
+    // ratio per channel (where neither side is clipped) is the gain between the two.
     let mut gains = [1f32; 3];
     for (c, gain) in gains.iter_mut().enumerate() {
-        let mut ratios: Vec<f32> = (0..n).map(|i| (f[i][c] + 4.0) / (r[i][c] + 4.0)).collect();
-        *gain = median(&mut ratios);
+        let mut ratios: Vec<f32> = (0..n)
+            .filter(|&i| f[i][c] < CLIPPED && r[i][c] < CLIPPED)
+            .map(|i| (f[i][c] + 4.0) / (r[i][c] + 4.0))
+            .collect();
+        if !ratios.is_empty() {
+            *gain = median(&mut ratios);
+        }
     }
     let difference: Vec<f32> = (0..n)
         .map(|i| {
             (0..3)
-                .map(|c| (f[i][c] - gains[c] * r[i][c]).abs())
+                .map(|c| channel_difference(f[i][c], r[i][c], gains[c]))
                 .fold(0.0, f32::max)
         })
         .collect();
@@ -608,6 +630,25 @@ mod tests {
         let frame = scene(3, [0.8, 0.85, 0.9]);
         assert!(matches!(
             isolate(&frame, &reference).unwrap(),
+            Foreground::Nothing { .. }
+        ));
+    }
+
+    #[test]
+    fn clipped_highlights_under_a_little_less_light_are_not_an_item() {
+        // A bright poster whose red and green clip in both frames, at 90% of the light.
+        let lit = |seed, gain: f32| {
+            let mut image = scene(seed, [gain; 3]);
+            let bright = (290.0 * gain).min(255.0) as u8;
+            for y in 20..80 {
+                for x in 200..300 {
+                    image.put_pixel(x, y, Rgb([bright, bright, (200.0 * gain) as u8]));
+                }
+            }
+            image
+        };
+        assert!(matches!(
+            isolate(&lit(3, 0.9), &lit(1, 1.0)).unwrap(),
             Foreground::Nothing { .. }
         ));
     }
