@@ -239,8 +239,9 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
     if coverage < MIN_COVERAGE {
         return Ok(Foreground::Nothing { coverage });
     }
-    // The item: the largest part, and any part at least a fifth its size close to it (a pair of
-    // shoes); a far-off part is a change in the scene (a moved poster), not the item.
+    // The item: the largest part, and any part at least a twentieth its size close to it (a pair
+    // of shoes; a face above a shirt the colour of the wall); a far-off part is a change in the
+    // scene (a moved poster), not the item.
     let boxes = bounding_boxes(&labels, sizes.len(), wu);
     let main = (1..sizes.len())
         .max_by_key(|&l| sizes[l])
@@ -251,7 +252,7 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
         a.0 <= b.2 + reach && b.0 <= a.2 + reach && a.1 <= b.3 + reach && b.1 <= a.3 + reach
     };
     let keep: Vec<bool> = (0..sizes.len())
-        .map(|l| l == main || (l > 0 && sizes[l] * 5 >= largest && near(l)))
+        .map(|l| l == main || (l > 0 && sizes[l] * 20 >= largest && near(l)))
         .collect();
     let item: Vec<bool> = labels.iter().map(|&l| l != 0 && keep[l as usize]).collect();
     let coverage = item.iter().filter(|&&m| m).count() as f32 / n as f32;
