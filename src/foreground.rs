@@ -2,7 +2,8 @@
 //! (the reference, see `calibrate`) tells the item apart: the frame is compared with the reference
 //! after matching their exposure and white balance, the difference is thresholded above the
 //! sensor's noise, cleaned up, and the item's bounding box (with a margin) is cut out and placed,
-//! masked, on a white square — like the catalogue's studio shots — before it is embedded.
+//! masked, on a white square — like the catalogue's studio shots — before it is embedded. Without
+//! a reference, the item is what stands out from the store around it (`isolate_without_reference`).
 
 use std::path::Path;
 
