@@ -28,6 +28,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -238,7 +239,9 @@ fn get_u64(buf: &[u8], at: usize) -> u64 {
 }
 
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, fsync, rename, fsync of
-/// the folder), so readers see the old file or the new one, never a mix.
+/// the folder), so readers see the old file or the new one, never a mix. The file gets the
+/// permissions of any newly created file (0666 less the umask), not the temporary file's 0600, so
+/// a table an installer writes stays readable by the service.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -252,6 +255,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut tmp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o666))
             .tempfile_in(&dir)?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
@@ -556,6 +560,18 @@ impl TopK {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_gets_a_new_files_permissions_not_the_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let atomic = dir.path().join("atomic");
+        write_atomically(&atomic, b"table").unwrap();
+        let mode = |p: &Path| p.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
+        assert_eq!(std::fs::read(&atomic).unwrap(), b"table");
+    }
 
     fn unit(values: &[f32]) -> Vec<f32> {
         let mut v = values.to_vec();
