@@ -84,6 +84,23 @@ fn morph(mask: &[bool], w: usize, h: usize, all: bool) -> Vec<bool> {
     out
 }
 
+/// The 8-neighbours of cell `i` in a `w`×`h` grid.
+fn neighbours(i: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
+    let (x, y) = ((i % w) as i64, (i / w) as i64);
+    (-1..=1i64)
+        .flat_map(move |dy| (-1..=1i64).map(move |dx| (x + dx, y + dy)))
+        .filter(move |&(nx, ny)| {
+            (nx, ny) != (x, y) && nx >= 0 && ny >= 0 && nx < w as i64 && ny < h as i64
+        })
+        .map(move |(nx, ny)| ny as usize * w + nx as usize)
+}
+
+/// Closes small gaps inside a mask's parts (dilate, erode), then drops specks (erode, dilate).
+fn clean_up(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
+    let closed = morph(&morph(mask, w, h, false), w, h, true);
+    morph(&morph(&closed, w, h, true), w, h, false)
+}
+
 /// Connected components (8-neighbour) of `mask`: a label per cell (0 = none) and each one's size.
 fn components(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<usize>) {
     let mut labels = vec![0u32; mask.len()];
@@ -99,18 +116,10 @@ fn components(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<usize>) {
         stack.push(start);
         while let Some(i) = stack.pop() {
             sizes[label as usize] += 1;
-            let (x, y) = ((i % w) as i32, (i / w) as i32);
-            for dy in -1..=1 {
-                for dx in -1..=1 {
-                    let (nx, ny) = (x + dx, y + dy);
-                    if nx < 0 || ny < 0 || nx as usize >= w || ny as usize >= h {
-                        continue;
-                    }
-                    let j = ny as usize * w + nx as usize;
-                    if mask[j] && labels[j] == 0 {
-                        labels[j] = label;
-                        stack.push(j);
-                    }
+            for j in neighbours(i, w, h) {
+                if mask[j] && labels[j] == 0 {
+                    labels[j] = label;
+                    stack.push(j);
                 }
             }
         }
@@ -230,11 +239,8 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
     let threshold = (typical + 6.0 * spread).max(typical + 14.0);
     let mask: Vec<bool> = difference.iter().map(|&d| d > threshold).collect();
 
-    // Close small gaps inside the item, then drop specks.
     let (wu, hu) = (w as usize, h as usize);
-    let closed = morph(&morph(&mask, wu, hu, false), wu, hu, true);
-    let opened = morph(&morph(&closed, wu, hu, true), wu, hu, false);
-    let (labels, sizes) = components(&opened, wu, hu);
+    let (labels, sizes) = components(&clean_up(&mask, wu, hu), wu, hu);
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let coverage = largest as f32 / n as f32;
     if coverage < MIN_COVERAGE {
@@ -330,9 +336,7 @@ pub fn isolate_without_reference(frame: &RgbImage) -> Foreground {
         (step(a, b) - STEP_NOISE).max(0.0) + 0.01
     });
     let mask: Vec<bool> = distance.iter().map(|&d| d > SALIENCE).collect();
-    let closed = morph(&morph(&mask, wu, hu, false), wu, hu, true);
-    let opened = morph(&morph(&closed, wu, hu, true), wu, hu, false);
-    let (labels, sizes) = components(&opened, wu, hu);
+    let (labels, sizes) = components(&clean_up(&mask, wu, hu), wu, hu);
 
     // Large and central: size, weighted down with the part's distance from the frame's middle.
     let mut sums = vec![(0f32, 0f32); sizes.len()];
@@ -356,16 +360,13 @@ pub fn isolate_without_reference(frame: &RgbImage) -> Foreground {
     }
     // Holes: what is not the item and cannot be reached from the frame's edge without crossing it.
     let outside: Vec<bool> = labels.iter().map(|&l| l as usize != main).collect();
-    let (gaps, _) = components(&outside, wu, hu);
-    let mut open_gaps = std::collections::HashSet::new();
-    for (i, &g) in gaps.iter().enumerate() {
-        let (x, y) = (i % wu, i / wu);
-        if x == 0 || y == 0 || x == wu - 1 || y == hu - 1 {
-            open_gaps.insert(g);
-        }
+    let (gaps, gap_sizes) = components(&outside, wu, hu);
+    let mut open = vec![false; gap_sizes.len()];
+    for &i in &ring {
+        open[gaps[i] as usize] = true;
     }
     let item: Vec<bool> = (0..n)
-        .map(|i| !outside[i] || !open_gaps.contains(&gaps[i]))
+        .map(|i| !outside[i] || !open[gaps[i] as usize])
         .collect();
     let coverage = item.iter().filter(|&&m| m).count() as f32 / n as f32;
     place_on_white(frame, &item, w, coverage, |_, _, cell| item[cell])
@@ -447,22 +448,7 @@ fn distance_from(
         if d > distance[i] {
             continue;
         }
-        let (x, y) = ((i % w) as i64, (i / w) as i64);
-        for (dx, dy) in [
-            (-1, -1),
-            (0, -1),
-            (1, -1),
-            (-1, 0),
-            (1, 0),
-            (-1, 1),
-            (0, 1),
-            (1, 1),
-        ] {
-            let (nx, ny) = (x + dx, y + dy);
-            if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
-                continue;
-            }
-            let j = ny as usize * w + nx as usize;
+        for j in neighbours(i, w, h) {
             let through = d + cost(i, j);
             if through < distance[j] {
                 distance[j] = through;

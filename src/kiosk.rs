@@ -275,15 +275,16 @@ impl Scanner {
             flip: false,
             crops: false,
         };
-        let mut region = "none";
-        let outcome = query::query_image(&mut self.session, &self.table, &frame, options, self.top)
+        let looked_up =
+            query::query_image(&mut self.session, &self.table, &frame, options, self.top);
+        let region = match &looked_up {
+            // A frame like the empty scene was still looked at by the reference.
+            Ok(result) if result.region == "nothing" => "reference",
+            Ok(result) => result.region,
+            Err(_) => "none",
+        };
+        let outcome = looked_up
             .map(|result| {
-                // A frame like the empty scene was still looked at by the reference.
-                region = if result.region == "nothing" {
-                    "reference"
-                } else {
-                    result.region
-                };
                 let stages = &result.latency_ms;
                 latency.foreground = stages.foreground;
                 latency.preprocess = stages.preprocess;
