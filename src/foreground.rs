@@ -86,13 +86,11 @@ fn morph(mask: &[bool], w: usize, h: usize, all: bool) -> Vec<bool> {
 
 /// The 8-neighbours of cell `i` in a `w`×`h` grid.
 fn neighbours(i: usize, w: usize, h: usize) -> impl Iterator<Item = usize> {
-    let (x, y) = ((i % w) as i64, (i / w) as i64);
-    (-1..=1i64)
-        .flat_map(move |dy| (-1..=1i64).map(move |dx| (x + dx, y + dy)))
-        .filter(move |&(nx, ny)| {
-            (nx, ny) != (x, y) && nx >= 0 && ny >= 0 && nx < w as i64 && ny < h as i64
-        })
-        .map(move |(nx, ny)| ny as usize * w + nx as usize)
+    let (x, y) = (i % w, i / w);
+    let columns = x.saturating_sub(1)..=(x + 1).min(w - 1);
+    (y.saturating_sub(1)..=(y + 1).min(h - 1))
+        .flat_map(move |ny| columns.clone().map(move |nx| ny * w + nx))
+        .filter(move |&j| j != i)
 }
 
 /// Closes small gaps inside a mask's parts (dilate, erode), then drops specks (erode, dilate).
