@@ -25,14 +25,16 @@ pub enum Foreground {
         image: RgbImage,
         bbox: (u32, u32, u32, u32),
         coverage: f32,
+        /// Per channel, the frame's light relative to the empty scene's (1 without a scene).
+        gains: [f32; 3],
     },
     /// Nothing differs from the empty scene enough to be an item (without a reference: nothing
     /// stands out, or the frame is a studio shot to be embedded whole).
     Nothing { coverage: f32 },
 }
 
-/// Mean of each CELL×CELL block per channel.
-fn cells(image: &RgbImage) -> (Vec<[f32; 3]>, u32, u32) {
+/// Mean of each CELL×CELL block per channel, with the grid's width and height in cells.
+pub(crate) fn cell_means(image: &RgbImage) -> (Vec<[f32; 3]>, u32, u32) {
     let (w, h) = (image.width() / CELL, image.height() / CELL);
     let mut out = vec![[0f32; 3]; (w * h) as usize];
     for cy in 0..h {
@@ -52,7 +54,8 @@ fn cells(image: &RgbImage) -> (Vec<[f32; 3]>, u32, u32) {
     (out, w, h)
 }
 
-fn median(values: &mut [f32]) -> f32 {
+/// The median of `values` (reordered).
+pub(crate) fn median_of(values: &mut [f32]) -> f32 {
     let mid = values.len() / 2;
     *values.select_nth_unstable_by(mid, f32::total_cmp).1
 }
@@ -82,6 +85,11 @@ fn morph(mask: &[bool], w: usize, h: usize, all: bool) -> Vec<bool> {
         }
     }
     out
+}
+
+/// `mask` eroded by one cell (3×3): its inner part, away from its edge.
+pub(crate) fn eroded(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
+    morph(mask, w, h, true)
 }
 
 /// The 8-neighbours of cell `i` in a `w`×`h` grid.
@@ -184,14 +192,333 @@ fn pixel_noise_threshold(
     if sample.is_empty() {
         return 30.0;
     }
-    let typical = median(&mut sample);
+    let typical = median_of(&mut sample);
     let mut deviations: Vec<f32> = sample.iter().map(|d| (d - typical).abs()).collect();
-    let spread = 1.4826 * median(&mut deviations);
+    let spread = 1.4826 * median_of(&mut deviations);
     (typical + 6.0 * spread).max(typical + 14.0)
 }
 
-/// Separates the item in `frame` from the empty scene `reference` (same camera, same size).
-pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
+/// The empty scene of a fixed camera as calibration saw it: its mean picture and, where several
+/// frames were averaged, how much each cell's mean varied between them (its own noise: a screen
+/// or a flickering lamp in view varies more than a wall).
+#[derive(Debug, Clone)]
+pub struct BackgroundModel {
+    image: RgbImage,
+    /// Per cell: the standard deviation of the cell's mean across the calibration frames, the
+    /// largest over the channels; `None` for a single frame.
+    noise: Option<Vec<f32>>,
+}
+
+impl BackgroundModel {
+    /// The model of one picture of the empty scene (its noise is estimated from each frame).
+    pub fn from_image(image: RgbImage) -> Self {
+        BackgroundModel { image, noise: None }
+    }
+
+    /// The model of several frames of the empty scene: their mean and each cell's noise.
+    pub fn from_frames(frames: &[RgbImage]) -> Result<Self> {
+        let image = average(frames)?;
+        let noise = (frames.len() >= 2).then(|| {
+            let means: Vec<Vec<[f32; 3]>> = frames.iter().map(|f| cell_means(f).0).collect();
+            let n = frames.len() as f32;
+            (0..means[0].len())
+                .map(|i| {
+                    (0..3)
+                        .map(|c| {
+                            let mean = means.iter().map(|m| m[i][c]).sum::<f32>() / n;
+                            let var = means.iter().map(|m| (m[i][c] - mean).powi(2)).sum::<f32>()
+                                / (n - 1.0);
+                            var.sqrt()
+                        })
+                        .fold(0.0, f32::max)
+                })
+                .collect()
+        });
+        Ok(BackgroundModel { image, noise })
+    }
+
+    /// The model from a stored mean picture and noise map (`None`: estimated per frame); a noise
+    /// map of another size than the picture's cells is an error.
+    pub fn from_parts(image: RgbImage, noise: Option<Vec<f32>>) -> Result<Self> {
+        if let Some(noise) = &noise {
+            let cells = (image.width() / CELL) as usize * (image.height() / CELL) as usize;
+            ensure!(
+                noise.len() == cells,
+                "the noise map has {} cells, the {}×{} scene {cells}",
+                noise.len(),
+                image.width(),
+                image.height()
+            );
+        }
+        Ok(BackgroundModel { image, noise })
+    }
+
+    /// The empty scene's mean picture.
+    pub fn image(&self) -> &RgbImage {
+        &self.image
+    }
+
+    /// Per cell of [`CELL`]×[`CELL`] pixels, the calibration frames' noise, if known.
+    pub fn noise(&self) -> Option<&[f32]> {
+        self.noise.as_deref()
+    }
+}
+
+/// Side of the square cells, in pixels, that the foreground step and noise maps work on.
+pub const fn cell_size() -> u32 {
+    CELL
+}
+
+/// Per channel, how much brighter the frame's light is than the reference's (exposure and white
+/// balance drift), from the cells that are background with confidence: the mode of the cells'
+/// ratios on the frame's border ring (an item is seldom all around the frame's edge), refined
+/// with every cell of the frame that agrees with it. Never from the whole frame's median: an item
+/// held close can be most of it. A channel without a cell bright enough and unclipped on both
+/// sides (a saturated wall) takes the other channels' exposure.
+fn scene_gains(f: &[[f32; 3]], r: &[[f32; 3]], ring: &[usize]) -> [f32; 3] {
+    let log_ratio = |i: usize, c: usize| ((f[i][c] + 4.0) / (r[i][c] + 4.0)).ln();
+    let usable = |i: usize, c: usize| f[i][c] < CLIPPED && r[i][c] < CLIPPED && r[i][c] >= 24.0;
+    let modes: [Option<f32>; 3] = std::array::from_fn(|c| {
+        let mut from: Vec<f32> = ring
+            .iter()
+            .filter(|&&i| usable(i, c))
+            .map(|&i| log_ratio(i, c))
+            .collect();
+        if from.len() < 16 {
+            from = (0..f.len())
+                .filter(|&i| usable(i, c))
+                .map(|i| log_ratio(i, c))
+                .collect();
+        }
+        (from.len() >= 8).then(|| mode(&from))
+    });
+    let agrees = |i: usize| {
+        (0..3).all(|c| {
+            modes[c].is_none_or(|m| !usable(i, c) || (log_ratio(i, c) - m).abs() <= GAIN_AGREEMENT)
+        })
+    };
+    let agreeing: Vec<usize> = (0..f.len()).filter(|&i| agrees(i)).collect();
+    let logs: [Option<f32>; 3] = std::array::from_fn(|c| {
+        let mut values: Vec<f32> = agreeing
+            .iter()
+            .filter(|&&i| usable(i, c))
+            .map(|&i| log_ratio(i, c))
+            .collect();
+        if values.len() >= 8 {
+            Some(median_of(&mut values))
+        } else {
+            modes[c]
+        }
+    });
+    let known: Vec<f32> = logs.iter().flatten().copied().collect();
+    let exposure = if known.is_empty() {
+        0.0
+    } else {
+        known.iter().sum::<f32>() / known.len() as f32
+    };
+    logs.map(|l| l.unwrap_or(exposure).exp())
+}
+
+/// The sensor's noise at cell scale: the typical difference, in the channels clipped on neither
+/// side, of the flatter half of the cells that are probably background (each usable channel's
+/// ratio within [`PROBABLY_BACKGROUND`] of the gain), on the border ring when it has enough of
+/// them (an item held close can cover much of it, flat as a board), else anywhere.
+fn sensor_noise(
+    f: &[[f32; 3]],
+    r: &[[f32; 3]],
+    gains: &[f32; 3],
+    texture: &[f32],
+    ring: &[usize],
+) -> f32 {
+    let unclipped_difference = |i: usize| {
+        (0..3)
+            .filter(|&c| f[i][c] < CLIPPED && r[i][c] < CLIPPED)
+            .map(|c| (f[i][c] - gains[c] * r[i][c]).abs())
+            .reduce(f32::max)
+    };
+    let probably_background = |i: usize| {
+        (0..3).all(|c| {
+            f[i][c] >= CLIPPED
+                || r[i][c] < 24.0
+                || ((f[i][c] + 4.0) / (gains[c] * r[i][c] + 4.0)).ln().abs() <= PROBABLY_BACKGROUND
+        })
+    };
+    let candidates = |cells: &mut dyn Iterator<Item = usize>| -> Vec<(f32, f32)> {
+        cells
+            .filter(|&i| probably_background(i))
+            .filter_map(|i| unclipped_difference(i).map(|d| (texture[i], d)))
+            .collect()
+    };
+    let mut sample = candidates(&mut ring.iter().copied());
+    if sample.len() < 16 {
+        sample = candidates(&mut (0..f.len()));
+    }
+    if sample.is_empty() {
+        return MIN_SENSOR_NOISE;
+    }
+    sample.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sample.truncate(sample.len().div_ceil(2));
+    let mut differences: Vec<f32> = sample.iter().map(|&(_, d)| d).collect();
+    median_of(&mut differences).max(MIN_SENSOR_NOISE)
+}
+
+/// A cell whose ratio to the scene is within this (log) of the gain in every channel is probably
+/// background, for estimating the noise.
+const PROBABLY_BACKGROUND: f32 = 0.15;
+
+/// Cells whose log ratio is this close to the mode in every channel agree with the scene's gain.
+const GAIN_AGREEMENT: f32 = 0.06;
+
+/// The densest value of `values` (a histogram of 0.02-wide bins, smoothed, refined by the mean
+/// of the values within a bin of the peak).
+fn mode(values: &[f32]) -> f32 {
+    const BIN: f32 = 0.02;
+    const BINS: usize = 200;
+    let bin = |v: f32| ((v / BIN) + BINS as f32 / 2.0).floor();
+    let mut histogram = [0f32; BINS];
+    for &v in values {
+        let b = bin(v);
+        if (0.0..BINS as f32).contains(&b) {
+            histogram[b as usize] += 1.0;
+        }
+    }
+    let smoothed: Vec<f32> = (0..BINS)
+        .map(|b| {
+            let at = |k: isize| histogram.get(k as usize).copied().unwrap_or(0.0);
+            let b = b as isize;
+            at(b - 1) + 2.0 * at(b) + at(b + 1)
+        })
+        .collect();
+    let peak = (0..BINS)
+        .max_by(|&a, &b| smoothed[a].total_cmp(&smoothed[b]))
+        .unwrap_or(BINS / 2);
+    let centre = (peak as f32 + 0.5 - BINS as f32 / 2.0) * BIN;
+    let near: Vec<f32> = values
+        .iter()
+        .copied()
+        .filter(|v| (v - centre).abs() <= 1.5 * BIN)
+        .collect();
+    if near.is_empty() {
+        centre
+    } else {
+        near.iter().sum::<f32>() / near.len() as f32
+    }
+}
+
+/// Per cell, its largest step to a 4-neighbour in any channel: how much a blur or a shift of
+/// less than a cell can change the cell's mean in a textured part of the scene.
+fn texture(r: &[[f32; 3]], w: usize, h: usize) -> Vec<f32> {
+    (0..r.len())
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            [
+                (x > 0).then(|| i - 1),
+                (x + 1 < w).then(|| i + 1),
+                (y > 0).then(|| i - w),
+                (y + 1 < h).then(|| i + w),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|j| {
+                (0..3)
+                    .map(|c| (r[i][c] - r[j][c]).abs())
+                    .fold(0.0, f32::max)
+            })
+            .fold(0.0, f32::max)
+        })
+        .collect()
+}
+
+/// The cells on the grid's outer ring.
+fn ring_cells(w: usize, h: usize) -> Vec<usize> {
+    (0..w * h)
+        .filter(|&i| i % w == 0 || i % w == w - 1 || i / w == 0 || i / w == h - 1)
+        .collect()
+}
+
+/// The least noise a cell's mean is taken to have (8-bit pixels, JPEG).
+const MIN_SENSOR_NOISE: f32 = 1.0;
+/// Share of a cell's texture (largest step to a neighbour) that may show up as a difference.
+const TEXTURE_SHARE: f32 = 0.25;
+/// A cell this many noise levels away from the scene is surely the item; one half as far is the
+/// item when it touches such a cell (pale and see-through parts of an item).
+const SURE: f32 = 5.0;
+const LIKELY: f32 = 3.0;
+/// Holes in the item up to this share of its size are filled (a pale part inside it).
+const HOLE_SHARE: f32 = 0.25;
+
+/// Separates the item in `frame` from the empty scene `scene` (same camera, same size).
+///
+/// Each cell's difference from the scene, once the frame's light is matched to the scene's
+/// (exposure and white balance from cells that are background with confidence), is weighed
+/// against what that cell of the background varies by: the sensor's noise (from the frame's
+/// least textured border cells), the cell's own noise in calibration, and its texture (where a
+/// blur moves edges). Cells far beyond it are the item, and cells half as far that touch them
+/// (pale and see-through parts); enclosed holes are filled. The item is cut out on white with
+/// its edge refined pixel by pixel; `Item::gains` says how the frame's light differed.
+pub fn isolate(frame: &RgbImage, scene: &BackgroundModel) -> Result<Foreground> {
+    Ok(match locate(frame, scene)? {
+        Located::Item(item) => item.cut_out(frame, scene),
+        Located::Nothing { coverage } => Foreground::Nothing { coverage },
+    })
+}
+
+/// Where the item is in a frame, on the grid of [`CELL`]-pixel cells.
+#[derive(Debug, Clone)]
+pub struct ItemCells {
+    /// Per cell, whether it is the item's.
+    pub cells: Vec<bool>,
+    /// Cells across the frame.
+    pub cells_wide: u32,
+    /// Share of the frame's cells that are the item's.
+    pub coverage: f32,
+    /// Per channel, the frame's light relative to the empty scene's.
+    pub gains: [f32; 3],
+}
+
+/// What a frame holds against its empty scene, before anything is cut out.
+#[derive(Debug, Clone)]
+pub enum Located {
+    Item(ItemCells),
+    Nothing { coverage: f32 },
+}
+
+impl ItemCells {
+    /// The item cut out of `frame` on white, its edge refined pixel by pixel: inside cells are
+    /// the item; cells next to its edge keep only the pixels that differ from the scene by more
+    /// than the pixels' own noise (cells are coarse).
+    pub fn cut_out(&self, frame: &RgbImage, scene: &BackgroundModel) -> Foreground {
+        let reference = &scene.image;
+        let (w, h) = (
+            self.cells_wide as usize,
+            self.cells.len() / self.cells_wide as usize,
+        );
+        let pixel_threshold =
+            pixel_noise_threshold(frame, reference, &self.gains, &self.cells, self.cells_wide);
+        let grown = morph(&self.cells, w, h, false);
+        let inner = morph(&self.cells, w, h, true);
+        place_on_white(
+            frame,
+            &self.cells,
+            self.cells_wide,
+            self.coverage,
+            self.gains,
+            |x, y, cell| {
+                inner[cell]
+                    || (grown[cell]
+                        && pixel_difference(
+                            *frame.get_pixel(x, y),
+                            *reference.get_pixel(x, y),
+                            &self.gains,
+                        ) > pixel_threshold)
+            },
+        )
+    }
+}
+
+/// Finds the item's cells in `frame` against the empty scene `scene` (see [`isolate`]).
+pub fn locate(frame: &RgbImage, scene: &BackgroundModel) -> Result<Located> {
+    let reference = &scene.image;
     ensure!(
         frame.dimensions() == reference.dimensions(),
         "the frame is {}×{} but the reference is {}×{}: recalibrate (`fashion-kiosk calibrate`)",
@@ -206,22 +533,12 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
         frame.width(),
         frame.height()
     );
-    let (f, w, h) = cells(frame);
-    let (r, _, _) = cells(reference);
+    let (f, w, h) = cell_means(frame);
+    let (r, _, _) = cell_means(reference);
+    let (wu, hu) = (w as usize, h as usize);
     let n = f.len();
-
-    // Exposure and white-balance drift: the background is most of the frame, so the median
-    // ratio per channel (where neither side is clipped) is the gain between the two.
-    let mut gains = [1f32; 3];
-    for (c, gain) in gains.iter_mut().enumerate() {
-        let mut ratios: Vec<f32> = (0..n)
-            .filter(|&i| f[i][c] < CLIPPED && r[i][c] < CLIPPED)
-            .map(|i| (f[i][c] + 4.0) / (r[i][c] + 4.0))
-            .collect();
-        if !ratios.is_empty() {
-            *gain = median(&mut ratios);
-        }
-    }
+    let ring = ring_cells(wu, hu);
+    let gains = scene_gains(&f, &r, &ring);
     let difference: Vec<f32> = (0..n)
         .map(|i| {
             (0..3)
@@ -229,20 +546,26 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
                 .fold(0.0, f32::max)
         })
         .collect();
-    // Above the noise: the median difference is background noise; its spread sets the bar.
-    let mut sorted = difference.clone();
-    let typical = median(&mut sorted);
-    let mut deviations: Vec<f32> = difference.iter().map(|d| (d - typical).abs()).collect();
-    let spread = 1.4826 * median(&mut deviations);
-    let threshold = (typical + 6.0 * spread).max(typical + 14.0);
-    let mask: Vec<bool> = difference.iter().map(|&d| d > threshold).collect();
+    let texture = texture(&r, wu, hu);
+    let brightest_gain = gains.iter().copied().fold(0.0, f32::max);
+    let sensor = sensor_noise(&f, &r, &gains, &texture, &ring);
+    // How many noise levels each cell is from the scene, beyond what its texture explains.
+    let score: Vec<f32> = (0..n)
+        .map(|i| {
+            let own = scene.noise.as_ref().map_or(0.0, |noise| noise[i]);
+            let noise = (sensor * sensor + (brightest_gain * own).powi(2)).sqrt();
+            (difference[i] - TEXTURE_SHARE * brightest_gain * texture[i]).max(0.0) / noise
+        })
+        .collect();
+    let sure: Vec<bool> = score.iter().map(|&z| z > SURE).collect();
+    let likely: Vec<bool> = score.iter().map(|&z| z > LIKELY).collect();
+    let mask = hysteresis(&likely, &sure, wu, hu);
 
-    let (wu, hu) = (w as usize, h as usize);
     let (labels, sizes) = components(&clean_up(&mask, wu, hu), wu, hu);
     let largest = sizes.iter().copied().max().unwrap_or(0);
     let coverage = largest as f32 / n as f32;
     if coverage < MIN_COVERAGE {
-        return Ok(Foreground::Nothing { coverage });
+        return Ok(Located::Nothing { coverage });
     }
     // The item: the largest part, and any part at least a twentieth its size close to it (a pair
     // of shoes; a face above a shirt the colour of the wall); a far-off part is a change in the
@@ -260,20 +583,48 @@ pub fn isolate(frame: &RgbImage, reference: &RgbImage) -> Result<Foreground> {
         .map(|l| l == main || (l > 0 && sizes[l] * 20 >= largest && near(l)))
         .collect();
     let item: Vec<bool> = labels.iter().map(|&l| l != 0 && keep[l as usize]).collect();
+    let item = fill_holes(&item, wu, hu, HOLE_SHARE);
     let coverage = item.iter().filter(|&&m| m).count() as f32 / n as f32;
-
-    // Pixel by pixel at the item's edge (cells are coarse): inside cells are the item, cells
-    // next to its edge keep only the pixels that differ from the scene by more than the
-    // pixels' own noise.
-    let pixel_threshold = pixel_noise_threshold(frame, reference, &gains, &item, w);
-    let grown = morph(&item, wu, hu, false);
-    let inner = morph(&item, wu, hu, true);
-    Ok(place_on_white(frame, &item, w, coverage, |x, y, cell| {
-        inner[cell]
-            || (grown[cell]
-                && pixel_difference(*frame.get_pixel(x, y), *reference.get_pixel(x, y), &gains)
-                    > pixel_threshold)
+    Ok(Located::Item(ItemCells {
+        cells: item,
+        cells_wide: w,
+        coverage,
+        gains,
     }))
+}
+
+/// The cells of `weak` connected (8-neighbour) to a cell of `strong`.
+fn hysteresis(weak: &[bool], strong: &[bool], w: usize, h: usize) -> Vec<bool> {
+    let candidates: Vec<bool> = weak.iter().zip(strong).map(|(&a, &b)| a || b).collect();
+    let (labels, sizes) = components(&candidates, w, h);
+    let mut anchored = vec![false; sizes.len()];
+    for (i, &l) in labels.iter().enumerate() {
+        if strong[i] {
+            anchored[l as usize] = true;
+        }
+    }
+    labels
+        .iter()
+        .map(|&l| l != 0 && anchored[l as usize])
+        .collect()
+}
+
+/// `mask` with its holes — parts outside it that do not reach the grid's edge — filled where
+/// they are at most `share` of the mask's size.
+fn fill_holes(mask: &[bool], w: usize, h: usize, share: f32) -> Vec<bool> {
+    let outside: Vec<bool> = mask.iter().map(|&m| !m).collect();
+    let (gaps, gap_sizes) = components(&outside, w, h);
+    let mut open = vec![false; gap_sizes.len()];
+    for i in ring_cells(w, h) {
+        open[gaps[i] as usize] = true;
+    }
+    let size = mask.iter().filter(|&&m| m).count() as f32;
+    (0..mask.len())
+        .map(|i| {
+            let gap = gaps[i] as usize;
+            mask[i] || (!open[gap] && gap_sizes[gap] as f32 <= share * size)
+        })
+        .collect()
 }
 
 /// A frame whose border cells are this share near-white (each channel at least [`STUDIO_WHITE`])
@@ -307,12 +658,10 @@ pub fn isolate_without_reference(frame: &RgbImage) -> Foreground {
     if frame.width() < 16 * CELL || frame.height() < 16 * CELL {
         return Foreground::Nothing { coverage: 0.0 };
     }
-    let (f, w, h) = cells(frame);
+    let (f, w, h) = cell_means(frame);
     let (wu, hu) = (w as usize, h as usize);
     let n = f.len();
-    let ring: Vec<usize> = (0..n)
-        .filter(|&i| i % wu == 0 || i % wu == wu - 1 || i / wu == 0 || i / wu == hu - 1)
-        .collect();
+    let ring = ring_cells(wu, hu);
     let white = ring
         .iter()
         .filter(|&&i| f[i].iter().all(|&c| c >= STUDIO_WHITE))
@@ -357,17 +706,10 @@ pub fn isolate_without_reference(frame: &RgbImage) -> Foreground {
         return Foreground::Nothing { coverage };
     }
     // Holes: what is not the item and cannot be reached from the frame's edge without crossing it.
-    let outside: Vec<bool> = labels.iter().map(|&l| l as usize != main).collect();
-    let (gaps, gap_sizes) = components(&outside, wu, hu);
-    let mut open = vec![false; gap_sizes.len()];
-    for &i in &ring {
-        open[gaps[i] as usize] = true;
-    }
-    let item: Vec<bool> = (0..n)
-        .map(|i| !outside[i] || !open[gaps[i] as usize])
-        .collect();
+    let part: Vec<bool> = labels.iter().map(|&l| l as usize == main).collect();
+    let item = fill_holes(&part, wu, hu, f32::INFINITY);
     let coverage = item.iter().filter(|&&m| m).count() as f32 / n as f32;
-    place_on_white(frame, &item, w, coverage, |_, _, cell| item[cell])
+    place_on_white(frame, &item, w, coverage, [1.0; 3], |_, _, cell| item[cell])
 }
 
 /// Cells of flat regions shaped like upright rectangles ([`STRUCTURE_FILL`] of their box): the
@@ -459,12 +801,14 @@ fn distance_from(
 
 /// The item's cells (`item`, a grid `cells_wide` across) cut out of `frame` with a margin of 6%
 /// of their box each side and placed on a white square; `keep(x, y, cell)` says whether the
-/// frame pixel (x, y), in grid cell `cell`, is the item's (the others turn white).
+/// frame pixel (x, y), in grid cell `cell`, is the item's (the others turn white). `gains` is the
+/// frame's light relative to the empty scene's, passed on in the result.
 fn place_on_white(
     frame: &RgbImage,
     item: &[bool],
     cells_wide: u32,
     coverage: f32,
+    gains: [f32; 3],
     keep: impl Fn(u32, u32, usize) -> bool,
 ) -> Foreground {
     let (w, h) = (cells_wide, frame.height() / CELL);
@@ -500,6 +844,7 @@ fn place_on_white(
         image: square,
         bbox: (left, top, cw, ch),
         coverage,
+        gains,
     }
 }
 
@@ -523,26 +868,20 @@ pub fn average(frames: &[RgbImage]) -> Result<RgbImage> {
     Ok(RgbImage::from_raw(first.width(), first.height(), pixels).expect("same size as the frames"))
 }
 
+/// An image as PNG bytes.
+pub fn encode_png(image: &RgbImage) -> Result<Vec<u8>> {
+    let mut png = Vec::new();
+    image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    Ok(png)
+}
+
 /// Writes an image (the reference, a cut-out) as a PNG, atomically.
 pub fn save_png(path: &Path, image: &RgbImage) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .with_context(|| format!("cannot encode {}", path.display()))?;
+    let png = encode_png(image).with_context(|| format!("cannot encode {}", path.display()))?;
     write_atomically(path, &png)
-}
-
-/// Reads the reference at `path`: `None` if there is none yet (not calibrated).
-pub fn load_reference(path: &Path) -> Result<Option<RgbImage>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    crate::preprocess::decode_file(path)
-        .map(Some)
-        .with_context(|| format!("bad empty-scene reference {} (recalibrate)", path.display()))
 }
 
 #[cfg(test)]
@@ -589,10 +928,15 @@ mod tests {
             image,
             bbox,
             coverage,
-        } = isolate(&frame, &reference).unwrap()
+            gains,
+        } = isolate(&frame, &BackgroundModel::from_image(reference)).unwrap()
         else {
             panic!("no item found");
         };
+        // The drift is measured on the scene, not on the item.
+        for (gain, drift) in gains.iter().zip([1.2, 1.1, 0.9]) {
+            assert!((gain - drift).abs() < 0.02, "{gains:?}");
+        }
         let (x, y, w, h) = bbox;
         // The box holds the item with a small margin, and nothing much else.
         assert!(
@@ -615,7 +959,7 @@ mod tests {
         let reference = scene(1, [1.0; 3]);
         let frame = scene(3, [0.8, 0.85, 0.9]);
         assert!(matches!(
-            isolate(&frame, &reference).unwrap(),
+            isolate(&frame, &BackgroundModel::from_image(reference)).unwrap(),
             Foreground::Nothing { .. }
         ));
     }
@@ -634,7 +978,7 @@ mod tests {
             image
         };
         assert!(matches!(
-            isolate(&lit(3, 0.9), &lit(1, 1.0)).unwrap(),
+            isolate(&lit(3, 0.9), &BackgroundModel::from_image(lit(1, 1.0))).unwrap(),
             Foreground::Nothing { .. }
         ));
     }
@@ -643,7 +987,7 @@ mod tests {
     fn a_reference_of_another_size_asks_for_recalibration() {
         let reference = scene(1, [1.0; 3]);
         let frame = image::imageops::resize(&reference, 160, 120, image::imageops::Nearest);
-        let err = isolate(&frame, &reference).unwrap_err();
+        let err = isolate(&frame, &BackgroundModel::from_image(reference)).unwrap_err();
         assert!(format!("{err}").contains("recalibrate"), "{err}");
     }
 
@@ -733,6 +1077,101 @@ mod tests {
             panic!("no item found");
         };
         assert!(bbox.0 >= 100 && bbox.0 <= 130, "{bbox:?}");
+    }
+
+    #[test]
+    fn an_item_held_close_filling_most_of_the_frame_is_found_under_exposure_drift() {
+        // 280×200 of 320×240: 73% of the frame, 25% more light than at calibration.
+        let reference = BackgroundModel::from_image(scene(1, [1.0; 3]));
+        let mut frame = scene(2, [1.25, 1.2, 1.15]);
+        for y in 20..220 {
+            for x in 20..300 {
+                let shade = if (x / 12 + y / 9) % 2 == 0 { 40 } else { 70 };
+                frame.put_pixel(x, y, Rgb([shade + 120, shade, shade / 2]));
+            }
+        }
+        let Foreground::Item { bbox, gains, .. } = isolate(&frame, &reference).unwrap() else {
+            panic!("an item covering most of the frame was not found");
+        };
+        let (x, y, w, h) = bbox;
+        assert!(
+            x <= 20 && y <= 20 && x + w >= 300 && y + h >= 220,
+            "{bbox:?}"
+        );
+        for (gain, drift) in gains.iter().zip([1.25, 1.2, 1.15]) {
+            assert!((gain - drift).abs() < 0.03, "{gains:?}");
+        }
+    }
+
+    /// Vertical stripes, light and dark, with a little noise.
+    fn stripes(seed: u32) -> RgbImage {
+        let mut state = seed.max(1);
+        RgbImage::from_fn(320, 240, |x, _| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let base = if x / 16 % 2 == 0 { 210.0 } else { 60.0 };
+            let v = (base + (state % 5) as f32 - 2.0) as u8;
+            Rgb([v, v, v.saturating_add(10)])
+        })
+    }
+
+    #[test]
+    fn a_pale_part_over_stripes_stays_with_the_item() {
+        // A dark shoe upper with a pale sole below it (close to the light stripes).
+        let reference = BackgroundModel::from_image(stripes(1));
+        let mut frame = stripes(2);
+        for y in 60..150 {
+            for x in 80..240 {
+                frame.put_pixel(x, y, Rgb([90, 40, 30]));
+            }
+        }
+        for y in 150..180 {
+            for x in 80..240 {
+                frame.put_pixel(x, y, Rgb([224, 222, 218]));
+            }
+        }
+        let Foreground::Item { image, bbox, .. } = isolate(&frame, &reference).unwrap() else {
+            panic!("no item found");
+        };
+        let (_, y, _, h) = bbox;
+        assert!(y <= 60 && y + h >= 180, "the sole was dropped: {bbox:?}");
+        // Its middle is kept in the cut-out, not turned white (the sole is pale, not white).
+        let side = image.width();
+        let (_, top, _, bh) = bbox;
+        let sole_row = (side - bh) / 2 + (165 - top);
+        assert_eq!(image.get_pixel(side / 2, sole_row).0, [224, 222, 218]);
+    }
+
+    #[test]
+    fn a_part_of_the_scene_that_flickers_in_calibration_is_not_an_item() {
+        // A screen in view: its cells vary by ±25 from frame to frame.
+        let flickering = |seed: u32, level: u8| {
+            let mut image = scene(seed, [1.0; 3]);
+            for y in 20..80 {
+                for x in 220..300 {
+                    image.put_pixel(x, y, Rgb([level, level, 200]));
+                }
+            }
+            image
+        };
+        let calibration: Vec<RgbImage> = [100, 150, 120, 130]
+            .iter()
+            .enumerate()
+            .map(|(i, &level)| flickering(i as u32 + 1, level))
+            .collect();
+        let modelled = BackgroundModel::from_frames(&calibration).unwrap();
+        let frame = flickering(9, 155);
+        assert!(matches!(
+            isolate(&frame, &modelled).unwrap(),
+            Foreground::Nothing { .. }
+        ));
+        // Judged against one picture, the screen's change would look like an item.
+        let picture = BackgroundModel::from_image(modelled.image().clone());
+        assert!(matches!(
+            isolate(&frame, &picture).unwrap(),
+            Foreground::Item { .. }
+        ));
     }
 
     #[test]
