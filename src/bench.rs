@@ -11,7 +11,8 @@ use anyhow::{ensure, Result};
 use image::RgbImage;
 
 use crate::catalogue::Table;
-use crate::foreground;
+use crate::colour::Correction;
+use crate::foreground::{self, BackgroundModel};
 use crate::model::Embedder;
 use crate::preprocess::{decode_file, Region};
 use crate::query::{query_image, Options};
@@ -86,7 +87,10 @@ pub fn run(job: &BenchJob) -> Result<()> {
     // Read the scan inputs first: a bad file fails at once, not after the model timings.
     let table = job.table.as_deref().map(Table::load).transpose()?;
     let scan = match &job.scan {
-        Some((frame, reference)) => Some((decode_file(frame)?, decode_file(reference)?)),
+        Some((frame, reference)) => Some((
+            decode_file(frame)?,
+            BackgroundModel::from_image(decode_file(reference)?),
+        )),
         None => None,
     };
     let embedders: Vec<Embedder> = job
@@ -201,7 +205,7 @@ fn scan_paths(
     embedder: &Embedder,
     table: &Table,
     frame: &RgbImage,
-    reference: &RgbImage,
+    reference: &BackgroundModel,
     runs: usize,
     threads: usize,
 ) -> Result<()> {
@@ -221,8 +225,10 @@ fn scan_paths(
         Stats::of(alone)
     );
 
+    let no_correction = Correction::default();
     let base = Options {
         reference: Some(reference),
+        colour: &no_correction,
         region: None,
         flip: false,
         crops: false,

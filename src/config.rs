@@ -93,7 +93,12 @@ pub enum CameraConfig {
         buffers: u32,
     },
     /// Simulated: the images of a folder in name order (cycling), or one image file.
-    Folder { path: PathBuf },
+    Folder {
+        path: PathBuf,
+        /// Simulate a UVC camera's exposure and white-balance controls.
+        #[serde(default)]
+        controls: bool,
+    },
 }
 
 fn default_video_device() -> PathBuf {
@@ -125,6 +130,15 @@ pub struct SceneConfig {
     pub region: Option<[u32; 4]>,
     /// Frames `calibrate` averages into the reference.
     pub calibration_frames: u32,
+    /// Whether calibration asks for a matte white card after the empty scene, to measure the
+    /// kiosk's light (its colour gains correct every scan).
+    pub card: bool,
+    /// What the white card's colour becomes after correction (its reflectance × 255: about 225
+    /// for matte white paper).
+    pub card_level: f32,
+    /// A neutral patch that stays in the camera's view, `[x, y, width, height]`: read on every
+    /// frame, it corrects colour as the light changes.
+    pub white_patch: Option<[u32; 4]>,
 }
 
 impl Default for SceneConfig {
@@ -133,6 +147,19 @@ impl Default for SceneConfig {
             reference: None,
             region: None,
             calibration_frames: 8,
+            card: false,
+            card_level: crate::colour::DEFAULT_CARD_LEVEL,
+            white_patch: None,
+        }
+    }
+}
+
+impl SceneConfig {
+    /// How colour is calibrated and corrected.
+    pub fn colour(&self) -> crate::calibration::ColourSettings {
+        crate::calibration::ColourSettings {
+            card_level: self.card_level,
+            white_patch: self.white_patch,
         }
     }
 }
@@ -316,7 +343,7 @@ impl Config {
         }
         fix(&mut self.catalogue.table);
         match &mut self.camera {
-            CameraConfig::Folder { path } => fix(path),
+            CameraConfig::Folder { path, .. } => fix(path),
             CameraConfig::V4l2 { .. } => {}
         }
         if let TriggerConfig::Socket { path } = &mut self.trigger {
@@ -404,6 +431,19 @@ impl Config {
                 bail!("scene.region = [{x}, {y}, {w}, {h}]: width and height must be at least 16");
             }
         }
+        if !(self.scene.card_level.is_finite() && (50.0..=250.0).contains(&self.scene.card_level)) {
+            bail!(
+                "scene.card_level = {}: must be 50–250",
+                self.scene.card_level
+            );
+        }
+        if let Some([x, y, w, h]) = self.scene.white_patch {
+            if w < 4 || h < 4 || x.checked_add(w).is_none() || y.checked_add(h).is_none() {
+                bail!(
+                    "scene.white_patch = [{x}, {y}, {w}, {h}]: width and height must be at least 4"
+                );
+            }
+        }
         if !(1..=64).contains(&self.scene.calibration_frames) {
             bail!(
                 "scene.calibration_frames = {}: must be 1–64",
@@ -477,7 +517,7 @@ mod tests {
             PathBuf::from("/etc/kiosk/catalogue.fkt")
         );
         assert!(
-            matches!(&config.camera, CameraConfig::Folder { path } if path == Path::new("/etc/kiosk/photos"))
+            matches!(&config.camera, CameraConfig::Folder { path, .. } if path == Path::new("/etc/kiosk/photos"))
         );
         assert_eq!(config.kiosk.debounce_ms, 50);
         assert_eq!(config.scan_log.keep, 5);
@@ -523,6 +563,14 @@ mod tests {
             (
                 format!("{MINIMAL}\n[scene]\ncalibration_frames = 0\n"),
                 "scene.calibration_frames",
+            ),
+            (
+                format!("{MINIMAL}\n[scene]\ncard_level = 255\n"),
+                "scene.card_level",
+            ),
+            (
+                format!("{MINIMAL}\n[scene]\nwhite_patch = [0, 0, 2, 30]\n"),
+                "scene.white_patch",
             ),
         ];
         for (text, field) in cases {

@@ -9,8 +9,10 @@
 //! small traits, a TOML [`config`], and a [`scanlog`] of every scan; [`check`] tries each part.
 
 pub mod bench;
+pub mod calibration;
 pub mod catalogue;
 pub mod check;
+pub mod colour;
 pub mod config;
 pub mod device;
 pub mod evaluate;

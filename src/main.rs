@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use fashion_kiosk::calibration::{Calibration, ColourSettings, SceneFiles};
 use fashion_kiosk::catalogue::{Element, Table};
 use fashion_kiosk::config::{Config, Overrides};
 use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
 use fashion_kiosk::model::{self, Embedder};
 use fashion_kiosk::preprocess::{self, decode_file};
-use fashion_kiosk::{bench, check, device, evaluate, foreground, kiosk, query, resources};
+use fashion_kiosk::{bench, check, evaluate, foreground, kiosk, query, resources};
 
 /// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
 /// embedding table of the store's catalogue.
@@ -102,12 +103,8 @@ struct QueryArgs {
     /// Recall@5 against the item id each file name starts with (up to the first `_`).
     #[arg(long, value_name = "DIR")]
     images: Option<PathBuf>,
-    /// The empty scene of the same camera for --image: only what differs from it is embedded.
-    #[arg(long, value_name = "IMG", requires = "image")]
-    reference: Option<PathBuf>,
-    /// Folder of empty-scene frames named as the --images they belong to.
-    #[arg(long, value_name = "DIR", requires = "images")]
-    reference_dir: Option<PathBuf>,
+    #[command(flatten)]
+    scene: SceneArgs,
     /// Also embed the mirror image and search with the mean (test-time augmentation).
     #[arg(long)]
     flip: bool,
@@ -128,18 +125,67 @@ struct QueryArgs {
     model: ModelArg,
 }
 
+/// How camera frames read from files are calibrated, as a kiosk calibrates its camera.
+#[derive(Args)]
+struct SceneArgs {
+    /// The empty scene of the camera, for every frame: only what differs from it is embedded (a
+    /// kiosk's calibrated reference brings its noise map and white card along).
+    #[arg(long, value_name = "IMG", conflicts_with = "reference_dir")]
+    reference: Option<PathBuf>,
+    /// Folder of empty-scene frames named as the frames they belong to.
+    #[arg(long, value_name = "DIR")]
+    reference_dir: Option<PathBuf>,
+    /// The empty scene with a matte white card held up in it, under the same light (as the
+    /// kiosk's calibration takes it): its colour gains correct the look-up.
+    #[arg(long, value_name = "IMG", requires = "reference")]
+    card: Option<PathBuf>,
+    /// Folder of card frames named as the frames they belong to.
+    #[arg(long, value_name = "DIR", requires = "reference_dir")]
+    card_dir: Option<PathBuf>,
+    /// A neutral patch in view in every frame, X,Y,W,H: read on each frame to correct colour.
+    #[arg(long, value_name = "X,Y,W,H", value_parser = parse_rect)]
+    white_patch: Option<[u32; 4]>,
+    /// What the card's colour becomes after correction (its reflectance × 255).
+    #[arg(long, default_value_t = fashion_kiosk::colour::DEFAULT_CARD_LEVEL)]
+    card_level: f32,
+}
+
+impl SceneArgs {
+    fn open(&self) -> Result<SceneFiles> {
+        SceneFiles::open(
+            self.reference.as_deref(),
+            self.card.as_deref(),
+            self.reference_dir.clone(),
+            self.card_dir.clone(),
+            ColourSettings {
+                card_level: self.card_level,
+                white_patch: self.white_patch,
+            },
+        )
+    }
+}
+
+/// Parses `X,Y,W,H`.
+fn parse_rect(text: &str) -> Result<[u32; 4], String> {
+    let values: Vec<u32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{text:?}: {e}"))?;
+    values
+        .try_into()
+        .map_err(|_| format!("{text:?}: give four numbers X,Y,W,H"))
+}
+
 #[derive(Args)]
 struct ForegroundArgs {
     /// Folder of camera frames.
     #[arg(long, value_name = "DIR")]
     images: PathBuf,
-    /// The empty scene of the camera (e.g. the kiosk's calibrated reference.png), for every frame.
-    /// Without it (or --reference-dir), what stands out from the store near the frame's middle.
-    #[arg(long, value_name = "IMG")]
-    reference: Option<PathBuf>,
-    /// Folder of empty-scene frames named as the --images they belong to.
-    #[arg(long, value_name = "DIR", conflicts_with = "reference")]
-    reference_dir: Option<PathBuf>,
+    /// Without --reference or --reference-dir, what stands out from the store near the frame's
+    /// middle.
+    #[command(flatten)]
+    scene: SceneArgs,
     /// Where to write each frame's cut-out: a PNG named as the frame.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -253,6 +299,19 @@ struct CalibrateArgs {
     /// Frames to average (default: scene.calibration_frames).
     #[arg(long)]
     frames: Option<u32>,
+    /// After the empty scene, ask for a matte white card to measure the light (default:
+    /// scene.card).
+    #[arg(long, overrides_with = "no_card")]
+    card: bool,
+    /// Calibrate the empty scene only.
+    #[arg(long)]
+    no_card: bool,
+    /// Calibrate from picture files of the empty scene instead of the camera.
+    #[arg(long, value_name = "IMG", num_args = 1..)]
+    empty: Vec<PathBuf>,
+    /// With --empty: the same scene with the white card held up, under the same light.
+    #[arg(long, value_name = "IMG", requires = "empty")]
+    card_image: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -360,9 +419,20 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
     tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
         match (&args.image, &args.images) {
             (Some(image), _) => {
-                let reference = args.reference.as_deref().map(decode_file).transpose()?;
+                let scenes = args.scene.open()?;
+                let name = image
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                let frame = scenes.for_frame(name)?;
+                if let Some(reason) = frame.card_refused {
+                    bail!("card refused: {reason}");
+                }
+                let calibration = frame.calibration;
+                let colour = scenes.correction(calibration.as_ref());
                 let options = query::Options {
-                    reference: reference.as_ref(),
+                    reference: calibration.as_ref().map(|c| &c.scene),
+                    colour: &colour,
                     region: None,
                     flip: args.flip,
                     crops: args.crops,
@@ -414,57 +484,60 @@ fn for_each_image(
     Ok(images.len())
 }
 
-/// `foreground`: each frame's cut-out as a PNG, one line per frame, then a count of each outcome.
+/// `foreground`: each frame's cut-out as a PNG (colour-corrected as a scan corrects it), one
+/// line per frame, then a count of each outcome.
 fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
-    let shared_reference = args.reference.as_deref().map(decode_file).transpose()?;
-    let by_reference = shared_reference.is_some() || args.reference_dir.is_some();
+    let scenes = args.scene.open()?;
+    let by_reference = scenes.shared.is_some() || scenes.reference_dir.is_some();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let (mut items, mut nothing, mut failed) = (0usize, 0usize, 0usize);
     let frames = for_each_image(&args.images, |path, name, progress| {
-        let cut = (|| -> Result<foreground::Foreground> {
+        let line = (|| -> Result<String> {
             let frame = decode_file(path)?;
-            match (&shared_reference, &args.reference_dir) {
-                (Some(reference), _) => foreground::isolate(&frame, reference),
-                (None, Some(dir)) => foreground::isolate(&frame, &decode_file(&dir.join(name))?),
-                (None, None) => Ok(foreground::isolate_without_reference(&frame)),
+            let calibration = scenes.for_frame(name)?;
+            if let Some(reason) = &calibration.card_refused {
+                progress.suspend(|| tracing::warn!("{name}: card refused: {reason}"));
             }
-        })();
-        let line = match cut {
-            Ok(foreground::Foreground::Item {
-                image,
-                bbox,
-                coverage,
-            }) => {
-                let out = args.out.join(Path::new(name).with_extension("png"));
-                foreground::save_png(&out, &image)?;
-                items += 1;
-                format!(
-                    "{name}: item at ({}, {}) {}×{}, {:.1}% of the frame -> {}",
-                    bbox.0,
-                    bbox.1,
-                    bbox.2,
-                    bbox.3,
-                    100.0 * coverage,
-                    out.display()
-                )
-            }
-            Ok(foreground::Foreground::Nothing { coverage }) => {
-                nothing += 1;
-                if by_reference {
+            let colour = scenes.correction(calibration.calibration.as_ref());
+            let options = query::Options {
+                reference: calibration.calibration.as_ref().map(|c| &c.scene),
+                colour: &colour,
+                region: None,
+                flip: false,
+                crops: false,
+            };
+            let subject = query::subject(&frame, &options)?;
+            Ok(match (subject.path, subject.bbox) {
+                (_, Some(bbox)) => {
+                    let out = args.out.join(Path::new(name).with_extension("png"));
+                    foreground::save_png(&out, &subject.image)?;
+                    items += 1;
+                    let (w, h) = frame.dimensions();
                     format!(
-                        "{name}: nothing to scan ({:.1}% of the frame differs)",
-                        100.0 * coverage
+                        "{name}: item at ({}, {}) {}×{}, {:.1}% of the frame -> {}",
+                        bbox.0,
+                        bbox.1,
+                        bbox.2,
+                        bbox.3,
+                        100.0 * (bbox.2 * bbox.3) as f64 / (w * h) as f64,
+                        out.display()
                     )
-                } else {
+                }
+                ("nothing", None) => {
+                    nothing += 1;
+                    format!("{name}: nothing to scan")
+                }
+                (_, None) => {
+                    nothing += 1;
                     format!("{name}: nothing stands out (a scan embeds the centred square)")
                 }
-            }
-            Err(e) => {
-                failed += 1;
-                format!("{name}: skipped: {e:#}")
-            }
-        };
+            })
+        })();
+        let line = line.unwrap_or_else(|e| {
+            failed += 1;
+            format!("{name}: skipped: {e:#}")
+        });
         progress.suspend(|| println!("{line}"));
         Ok(())
     })?;
@@ -487,16 +560,24 @@ fn query_folder(
     dir: &Path,
     args: &QueryArgs,
 ) -> Result<()> {
+    let scenes = args.scene.open()?;
     let (mut at1, mut at5, mut nothing, mut failed) = (0usize, 0usize, 0usize, 0usize);
+    let mut cards_refused = 0usize;
     let mut totals = Vec::new();
     let images = for_each_image(dir, |path, name, progress| {
         let looked_up = (|| -> Result<query::QueryResult> {
-            let reference = match &args.reference_dir {
-                Some(refs) => Some(decode_file(&refs.join(name))?),
-                None => None,
-            };
+            let frame = scenes.for_frame(name)?;
+            if let Some(reason) = &frame.card_refused {
+                // The kiosk would refuse this card and keep its last calibration: this frame is
+                // looked up without one.
+                progress.suspend(|| tracing::warn!("{name}: card refused: {reason}"));
+                cards_refused += 1;
+            }
+            let calibration = frame.calibration;
+            let colour = scenes.correction(calibration.as_ref());
             let options = query::Options {
-                reference: reference.as_ref(),
+                reference: calibration.as_ref().map(|c| &c.scene),
+                colour: &colour,
                 region: None,
                 flip: args.flip,
                 crops: args.crops,
@@ -532,7 +613,7 @@ fn query_folder(
     let share = |n: usize| n as f64 / scored.max(1) as f64;
     totals.sort_by(f64::total_cmp);
     eprintln!(
-        "{scored} images ({failed} unreadable), top {}: Recall@1 {:.4}, Recall@5 {:.4}; nothing found in {nothing}; median {:.0} ms per image",
+        "{scored} images ({failed} unreadable), top {}: Recall@1 {:.4}, Recall@5 {:.4}; nothing found in {nothing}; {cards_refused} cards refused; median {:.0} ms per image",
         args.top,
         share(at1),
         share(at5),
@@ -676,32 +757,41 @@ fn cmd_calibrate(args: CalibrateArgs) -> Result<()> {
             args.config.config.display()
         )
     })?;
-    let frames = args
-        .frames
-        .unwrap_or(config.scene.calibration_frames)
-        .max(1);
-    let mut camera = device::open_camera(&config.camera).map_err(|e| {
-        if format!("{e:#}").contains("busy") {
-            e.context(
-                "the camera is in use: if the kiosk is running, recalibrate through it with \
-                 `sudo systemctl kill -s USR2 fashion-kiosk`",
-            )
-        } else {
-            e
-        }
-    })?;
-    eprintln!(
-        "Capturing {frames} frames of the empty scene from {} …",
-        camera.describe()
-    );
-    let reference = kiosk::capture_reference(camera.as_mut(), frames)?;
-    foreground::save_png(&path, &reference)?;
+    let settings = config.scene.colour();
+    let calibration = if args.empty.is_empty() {
+        let frames = args
+            .frames
+            .unwrap_or(config.scene.calibration_frames)
+            .max(1);
+        let card = (config.scene.card || args.card) && !args.no_card;
+        kiosk::calibrate_camera(&config, frames, card, |prompt| eprintln!("{prompt}"))?
+    } else {
+        Calibration::from_files(&args.empty, args.card_image.as_deref(), &settings)?
+    };
+    calibration.save(&path)?;
+    let image = calibration.scene.image();
     println!(
-        "calibrated: {} ({}×{}, {frames} frames averaged)",
+        "calibrated: {} ({}×{}, {} frames averaged)",
         path.display(),
-        reference.width(),
-        reference.height()
+        image.width(),
+        image.height(),
+        calibration.frames
     );
+    for control in &calibration.controls {
+        println!("  camera control {} = {}", control.name, control.value);
+    }
+    if let Some(card) = &calibration.card {
+        println!(
+            "  white card: {:.1}% of the frame, colour {:.0} {:.0} {:.0}, gains {:.3} {:.3} {:.3}",
+            100.0 * card.share,
+            card.colour[0],
+            card.colour[1],
+            card.colour[2],
+            card.gains[0],
+            card.gains[1],
+            card.gains[2]
+        );
+    }
     Ok(())
 }
 

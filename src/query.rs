@@ -1,5 +1,6 @@
 //! One look-up: decode an image, embed it, search the table, and time each stage.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -8,7 +9,8 @@ use image::RgbImage;
 use serde::Serialize;
 
 use crate::catalogue::{Hit, Table};
-use crate::foreground::{self, Foreground};
+use crate::colour::{self, Correction};
+use crate::foreground::{self, BackgroundModel, Foreground};
 use crate::model::{normalise, Session};
 use crate::preprocess::{decode_file, region_bounds, Region};
 
@@ -43,6 +45,8 @@ pub struct QueryResult {
     /// a reference), "centre" (the centred square of the frame, when nothing stands out), or
     /// "nothing" (the frame matches the empty scene: no results).
     pub region: &'static str,
+    /// The colour correction applied to what was embedded.
+    pub colour: colour::Applied,
     pub results: Vec<Recommendation>,
     pub latency_ms: Latency,
 }
@@ -84,7 +88,9 @@ pub fn ms(a: Instant, b: Instant) -> f64 {
 #[derive(Clone, Copy)]
 pub struct Options<'a> {
     /// The empty scene of the same camera: embed only what differs from it, on white.
-    pub reference: Option<&'a RgbImage>,
+    pub reference: Option<&'a BackgroundModel>,
+    /// How colour is corrected to the catalogue's studio light (white card, white patch).
+    pub colour: &'a Correction,
     /// Without a reference: the part of the frame to embed, `[x, y, width, height]`; without
     /// either, what stands out from the background near the middle of the frame (else the centred
     /// square).
@@ -99,6 +105,75 @@ pub struct Options<'a> {
 /// Side of each multi-crop view, as a share of the item's width and height.
 const CROP_SHARE: f64 = 0.8;
 
+/// What a scan embeds of a frame: found, cut out and colour-corrected as `options` say.
+#[derive(Debug)]
+pub struct Subject<'a> {
+    /// How the item was found (see [`QueryResult::region`]); "nothing" when the frame matches
+    /// the empty scene (then there is nothing to embed).
+    pub path: &'static str,
+    /// The picture to embed (the item on white, or the frame itself)…
+    pub image: Cow<'a, RgbImage>,
+    /// …and the part of it.
+    pub area: Region,
+    /// The colour correction applied to it.
+    pub colour: colour::Applied,
+    /// Where the item was in the frame (x, y, width, height), when it was cut out.
+    pub bbox: Option<(u32, u32, u32, u32)>,
+}
+
+/// Finds what to embed of `frame`: by its difference to the empty scene, the configured region,
+/// or what stands out (else the centred square), then corrects its colour.
+pub fn subject<'a>(frame: &'a RgbImage, options: &Options) -> Result<Subject<'a>> {
+    // The frame's light relative to the empty scene's, where the scene says it.
+    let mut drift = [1.0; 3];
+    let mut bbox = None;
+    let (path, mut image, area) = match (options.reference, options.region) {
+        (Some(reference), _) => match foreground::isolate(frame, reference)? {
+            Foreground::Item {
+                image,
+                gains,
+                bbox: found,
+                ..
+            } => {
+                drift = gains;
+                bbox = Some(found);
+                ("reference", Cow::Owned(image), Region::Whole)
+            }
+            Foreground::Nothing { .. } => ("nothing", Cow::Borrowed(frame), Region::Whole),
+        },
+        (None, Some([x, y, width, height])) => (
+            "region",
+            Cow::Borrowed(frame),
+            Region::Rect {
+                x,
+                y,
+                width,
+                height,
+            },
+        ),
+        (None, None) => match foreground::isolate_without_reference(frame) {
+            Foreground::Item {
+                image, bbox: found, ..
+            } => {
+                bbox = Some(found);
+                ("salient", Cow::Owned(image), Region::Whole)
+            }
+            Foreground::Nothing { .. } => ("centre", Cow::Borrowed(frame), Region::Whole),
+        },
+    };
+    let colour = options.colour.gains_for(frame, drift);
+    if path != "nothing" && colour.source != colour::Source::None {
+        colour::correct(image.to_mut(), colour.gains);
+    }
+    Ok(Subject {
+        path,
+        image,
+        area,
+        colour,
+        bbox,
+    })
+}
+
 /// Looks up `image` (already decoded) in `table`, returning the `top` best items.
 pub fn query_image(
     session: &mut Session,
@@ -108,47 +183,25 @@ pub fn query_image(
     top: usize,
 ) -> Result<QueryResult> {
     let start = Instant::now();
-    let (path, subject, area) = match (options.reference, options.region) {
-        (Some(reference), _) => match foreground::isolate(image, reference)? {
-            Foreground::Item { image, .. } => {
-                ("reference", std::borrow::Cow::Owned(image), Region::Whole)
-            }
-            Foreground::Nothing { .. } => {
-                let total = ms(start, Instant::now());
-                return Ok(QueryResult {
-                    region: "nothing",
-                    results: Vec::new(),
-                    latency_ms: Latency {
-                        foreground: total,
-                        total,
-                        ..Latency::default()
-                    },
-                });
-            }
-        },
-        (None, Some([x, y, width, height])) => (
-            "region",
-            std::borrow::Cow::Borrowed(image),
-            Region::Rect {
-                x,
-                y,
-                width,
-                height,
-            },
-        ),
-        (None, None) => match foreground::isolate_without_reference(image) {
-            Foreground::Item { image, .. } => {
-                ("salient", std::borrow::Cow::Owned(image), Region::Whole)
-            }
-            Foreground::Nothing { .. } => {
-                ("centre", std::borrow::Cow::Borrowed(image), Region::Whole)
-            }
-        },
-    };
+    let subject = subject(image, &options)?;
     let isolated = Instant::now();
-    let (results, times) = look_up(session, table, &subject, area, options, top)?;
+    if subject.path == "nothing" {
+        let total = ms(start, isolated);
+        return Ok(QueryResult {
+            region: subject.path,
+            colour: subject.colour,
+            results: Vec::new(),
+            latency_ms: Latency {
+                foreground: total,
+                total,
+                ..Latency::default()
+            },
+        });
+    }
+    let (results, times) = look_up(session, table, &subject.image, subject.area, options, top)?;
     Ok(QueryResult {
-        region: path,
+        region: subject.path,
+        colour: subject.colour,
         results,
         latency_ms: Latency {
             decode: 0.0,
