@@ -1,5 +1,6 @@
 //! Captures from a real V4L2 device with the kiosk's camera code and checks what it got: the
-//! size, the content (vivid's 75% colour bars) and that a frame taken after a request is fresh.
+//! size, the content (vivid's 75% colour bars), that a frame taken after a request is fresh, and
+//! that calibration's control locking holds (vivid's automatic gain).
 //! Run inside a VM with the `vivid` module by `tests/vivid/run-vm.sh`; prints `VIVID-CHECK PASS`.
 //!
 //! Usage: v4l2_capture [DEVICE]   (default /dev/video0)
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use fashion_kiosk::config::PixelFormatChoice;
-use fashion_kiosk::device::camera::{monotonic_now, PixelFormat, V4l2Camera};
+use fashion_kiosk::device::camera::{cid, monotonic_now, Camera, PixelFormat, V4l2Camera};
+use fashion_kiosk::kiosk::lock_controls;
 
 /// vivid's default pattern: eight vertical bars at 75% intensity, left to right.
 const BARS: [(&str, [u8; 3]); 8] = [
@@ -71,6 +73,59 @@ fn check(device: &Path) -> Result<()> {
         first.sequence,
         second.sequence
     );
+    check_controls(&mut camera)
+}
+
+/// Calibration's control locking against a real driver: vivid offers automatic gain, under which
+/// its gain changes every second. Locked, the gain holds the value it had settled on; the
+/// settings re-applied on a fresh open hold too.
+fn check_controls(camera: &mut V4l2Camera) -> Result<()> {
+    let offered = camera.controls()?;
+    let names: Vec<String> = offered
+        .iter()
+        .map(|c| format!("{} = {}", c.name, c.value))
+        .collect();
+    println!("controls offered: {}", names.join(", "));
+    ensure!(
+        offered.iter().any(|c| c.id == cid::AUTOGAIN) && offered.iter().any(|c| c.id == cid::GAIN),
+        "vivid offers automatic gain and gain"
+    );
+    let locked = lock_controls(camera, Duration::from_millis(1500))?;
+    let gain = |camera: &mut V4l2Camera| -> Result<i64> {
+        let controls = camera.controls()?;
+        Ok(controls
+            .iter()
+            .find(|c| c.id == cid::GAIN)
+            .context("gain")?
+            .value)
+    };
+    let set = locked
+        .iter()
+        .find(|c| c.id == cid::GAIN)
+        .context("gain locked")?
+        .value;
+    ensure!(
+        locked.iter().any(|c| c.id == cid::AUTOGAIN && c.value == 0),
+        "automatic gain turned off: {locked:?}"
+    );
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let now = gain(camera)?;
+        println!("gain locked at {set}, reads {now}");
+        ensure!(now == set, "the locked gain moved from {set} to {now}");
+    }
+    // Back to automatic: the gain moves again (vivid's automatic gain follows the clock).
+    let automatic = fashion_kiosk::device::camera::automatic(&camera.controls()?);
+    camera.set_controls(&automatic)?;
+    let first = gain(camera)?;
+    std::thread::sleep(Duration::from_millis(2100));
+    let later = gain(camera)?;
+    println!("automatic gain: {first} then {later}");
+    ensure!(first != later, "automatic gain did not move");
+    // As the kiosk restores a calibration on (re)open.
+    camera.set_controls(&locked)?;
+    std::thread::sleep(Duration::from_millis(1100));
+    ensure!(gain(camera)? == set, "restored gain did not hold");
     Ok(())
 }
 

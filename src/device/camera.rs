@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 
+use crate::calibration::ControlSetting;
 use crate::config::PixelFormatChoice;
 use crate::preprocess::decode_bytes;
 
@@ -16,20 +17,177 @@ pub trait Camera: Send {
     fn describe(&self) -> String;
     /// A frame captured after this call began (never one that waited in a buffer).
     fn capture(&mut self) -> Result<RgbImage>;
+    /// The controls of [`LOCKABLE`] and [`KEPT`] this camera offers, with their values now
+    /// (none for a camera without such controls).
+    fn controls(&mut self) -> Result<Vec<CameraControl>> {
+        Ok(Vec::new())
+    }
+    /// Sets `settings` in order; the error names the control the camera refused.
+    fn set_controls(&mut self, settings: &[ControlSetting]) -> Result<()> {
+        if let Some(first) = settings.first() {
+            bail!(
+                "{} has no controls (asked to set {})",
+                self.describe(),
+                first.name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A control a camera offers, with its value now and its default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CameraControl {
+    pub id: u32,
+    pub name: String,
+    pub value: i64,
+    pub default: i64,
+}
+
+impl CameraControl {
+    fn setting(&self, value: i64) -> ControlSetting {
+        ControlSetting {
+            id: self.id,
+            name: self.name.clone(),
+            value,
+        }
+    }
+}
+
+/// V4L2 control ids (linux/v4l2-controls.h).
+pub mod cid {
+    pub const AUTO_WHITE_BALANCE: u32 = 0x0098_090c;
+    pub const AUTOGAIN: u32 = 0x0098_0912;
+    pub const GAIN: u32 = 0x0098_0913;
+    pub const POWER_LINE_FREQUENCY: u32 = 0x0098_0918;
+    pub const WHITE_BALANCE_TEMPERATURE: u32 = 0x0098_091a;
+    pub const EXPOSURE_AUTO: u32 = 0x009a_0901;
+    pub const EXPOSURE_ABSOLUTE: u32 = 0x009a_0902;
+    pub const EXPOSURE_AUTO_PRIORITY: u32 = 0x009a_0903;
+}
+
+/// What calibration locks: an automatic mode, the value that turns it to manual, and the
+/// manual value it then holds at what the automatic mode had settled on.
+pub const LOCKABLE: [(u32, i64, u32); 3] = [
+    // V4L2_EXPOSURE_MANUAL = 1
+    (cid::EXPOSURE_AUTO, 1, cid::EXPOSURE_ABSOLUTE),
+    (cid::AUTO_WHITE_BALANCE, 0, cid::WHITE_BALANCE_TEMPERATURE),
+    (cid::AUTOGAIN, 0, cid::GAIN),
+];
+/// What calibration records and restores as it was: the mains frequency against flicker, and
+/// whether exposure may lengthen frames.
+pub const KEPT: [u32; 2] = [cid::POWER_LINE_FREQUENCY, cid::EXPOSURE_AUTO_PRIORITY];
+
+/// Whether the kiosk calibrates control `id`.
+pub fn is_calibrated_control(id: u32) -> bool {
+    KEPT.contains(&id)
+        || LOCKABLE
+            .iter()
+            .any(|&(auto, _, value)| id == auto || id == value)
+}
+
+/// The settings that hand `offered`'s automatic modes back to the camera (their defaults), so
+/// that they settle before being locked.
+pub fn automatic(offered: &[CameraControl]) -> Vec<ControlSetting> {
+    LOCKABLE
+        .iter()
+        .filter_map(|&(auto, _, _)| offered.iter().find(|c| c.id == auto))
+        .map(|c| c.setting(c.default))
+        .collect()
+}
+
+/// The settings that hold `offered` where it is now: each automatic mode turned to manual, then
+/// its manual value as the automatic mode left it; the kept controls as they are. Applied in
+/// this order (a manual value cannot be set while its automatic mode is on).
+pub fn locked(offered: &[CameraControl]) -> Vec<ControlSetting> {
+    let mut settings = Vec::new();
+    for &(auto, manual, value) in &LOCKABLE {
+        let Some(auto) = offered.iter().find(|c| c.id == auto) else {
+            continue;
+        };
+        settings.push(auto.setting(manual));
+        if let Some(value) = offered.iter().find(|c| c.id == value) {
+            settings.push(value.setting(value.value));
+        }
+    }
+    settings.extend(
+        KEPT.iter()
+            .filter_map(|&id| offered.iter().find(|c| c.id == id))
+            .map(|c| c.setting(c.value)),
+    );
+    settings
 }
 
 /// Simulated camera: the images of a folder in name order, cycling; or a single image file.
 pub struct FolderCamera {
     path: PathBuf,
     next: usize,
+    controls: Option<SimulatedControls>,
+}
+
+/// A simulated UVC camera's exposure, white balance and mains-frequency controls: while an
+/// automatic mode is on, its manual value wanders from frame to frame, as a real camera's does.
+#[derive(Debug, Clone)]
+pub struct SimulatedControls {
+    controls: Vec<CameraControl>,
+}
+
+impl Default for SimulatedControls {
+    fn default() -> Self {
+        let control = |id, name: &str, value| CameraControl {
+            id,
+            name: name.into(),
+            value,
+            default: value,
+        };
+        SimulatedControls {
+            controls: vec![
+                // V4L2_EXPOSURE_APERTURE_PRIORITY (3): automatic, as UVC cameras start.
+                control(cid::EXPOSURE_AUTO, "Auto Exposure", 3),
+                control(cid::EXPOSURE_ABSOLUTE, "Exposure Time, Absolute", 250),
+                control(cid::AUTO_WHITE_BALANCE, "White Balance, Automatic", 1),
+                control(
+                    cid::WHITE_BALANCE_TEMPERATURE,
+                    "White Balance Temperature",
+                    4600,
+                ),
+                control(cid::POWER_LINE_FREQUENCY, "Power Line Frequency", 1),
+            ],
+        }
+    }
+}
+
+impl SimulatedControls {
+    fn value(&self, id: u32) -> Option<i64> {
+        self.controls.iter().find(|c| c.id == id).map(|c| c.value)
+    }
+
+    /// One frame later: values under an automatic mode move.
+    fn advance(&mut self) {
+        let exposure_auto = self.value(cid::EXPOSURE_AUTO) != Some(1);
+        let white_balance_auto = self.value(cid::AUTO_WHITE_BALANCE) == Some(1);
+        for control in &mut self.controls {
+            match control.id {
+                cid::EXPOSURE_ABSOLUTE if exposure_auto => {
+                    control.value = 150 + (control.value - 150 + 7) % 200
+                }
+                cid::WHITE_BALANCE_TEMPERATURE if white_balance_auto => {
+                    control.value = 2800 + (control.value - 2800 + 130) % 3700
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl FolderCamera {
-    /// Opens `path` (a folder with at least one image, or an image file).
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens `path` (a folder with at least one image, or an image file), with simulated
+    /// controls or none.
+    pub fn open(path: &Path, controls: Option<SimulatedControls>) -> Result<Self> {
         let camera = FolderCamera {
             path: path.to_path_buf(),
             next: 0,
+            controls,
         };
         camera.frames()?;
         Ok(camera)
@@ -61,7 +219,37 @@ impl Camera for FolderCamera {
         let frames = self.frames()?;
         let path = &frames[self.next % frames.len()];
         self.next += 1;
+        if let Some(controls) = &mut self.controls {
+            controls.advance();
+        }
         crate::preprocess::decode_file(path)
+    }
+
+    fn controls(&mut self) -> Result<Vec<CameraControl>> {
+        Ok(self
+            .controls
+            .as_ref()
+            .map(|c| c.controls.clone())
+            .unwrap_or_default())
+    }
+
+    fn set_controls(&mut self, settings: &[ControlSetting]) -> Result<()> {
+        let describe = self.describe();
+        let Some(simulated) = &mut self.controls else {
+            if let Some(first) = settings.first() {
+                bail!("{describe} has no controls (asked to set {})", first.name);
+            }
+            return Ok(());
+        };
+        for setting in settings {
+            let control = simulated
+                .controls
+                .iter_mut()
+                .find(|c| c.id == setting.id)
+                .with_context(|| format!("{describe} has no control {}", setting.name))?;
+            control.value = setting.value;
+        }
+        Ok(())
     }
 }
 
@@ -84,6 +272,7 @@ impl PixelFormat {
 /// A V4L2 capture device streaming into a few mmap buffers.
 pub struct V4l2Camera {
     path: PathBuf,
+    device: v4l::Device,
     // The stream holds its own handle on the open device.
     stream: v4l::io::mmap::Stream<'static>,
     format: PixelFormat,
@@ -180,6 +369,7 @@ impl V4l2Camera {
         stream.set_timeout(Duration::from_secs(3));
         let mut camera = V4l2Camera {
             path: device.to_path_buf(),
+            device: dev,
             stream,
             format,
             width: set.width,
@@ -189,6 +379,41 @@ impl V4l2Camera {
         // Start streaming now so that the sensor's exposure settles before the first press.
         camera.next_frame()?;
         Ok(camera)
+    }
+
+    /// The name and default of control `id`, if the camera offers it (and it is not disabled)
+    /// as an integer, boolean or menu.
+    fn describe_control(&self, id: u32) -> Option<(String, i64)> {
+        use v4l::v4l_sys::v4l2_query_ext_ctrl;
+        // SAFETY: an all-zero v4l2_query_ext_ctrl is a valid request once its id is set; the
+        // ioctl fills it in place through a pointer to it that lives for the call.
+        let mut query: v4l2_query_ext_ctrl = unsafe { std::mem::zeroed() };
+        query.id = id;
+        unsafe {
+            v4l::v4l2::ioctl(
+                self.device.handle().fd(),
+                v4l::v4l2::vidioc::VIDIOC_QUERY_EXT_CTRL,
+                &mut query as *mut _ as *mut std::os::raw::c_void,
+            )
+        }
+        .ok()?;
+        const DISABLED: u32 = 0x0001;
+        const INTEGER: u32 = 1;
+        const BOOLEAN: u32 = 2;
+        const MENU: u32 = 3;
+        if query.flags & DISABLED != 0 || ![INTEGER, BOOLEAN, MENU].contains(&query.type_) {
+            return None;
+        }
+        let name: Vec<u8> = query
+            .name
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        Some((
+            String::from_utf8_lossy(&name).into_owned(),
+            query.default_value,
+        ))
     }
 
     /// The negotiated pixel format and size.
@@ -258,6 +483,58 @@ impl Camera for V4l2Camera {
 
     fn capture(&mut self) -> Result<RgbImage> {
         Ok(self.fresh_frame()?.image)
+    }
+
+    fn controls(&mut self) -> Result<Vec<CameraControl>> {
+        let name = self.path.display();
+        let mut offered = Vec::new();
+        // Each known control by its id: listing all of them would meet driver-specific types
+        // (v4l's enumeration panics on some), and only these matter here.
+        for id in LOCKABLE
+            .iter()
+            .flat_map(|&(auto, _, value)| [auto, value])
+            .chain(KEPT)
+        {
+            let Some((control_name, default)) = self.describe_control(id) else {
+                continue;
+            };
+            let value = match self
+                .device
+                .control(id)
+                .with_context(|| format!("{name}: cannot read control {control_name:?}"))?
+                .value
+            {
+                v4l::control::Value::Integer(v) => v,
+                v4l::control::Value::Boolean(b) => i64::from(b),
+                other => bail!("{name}: control {control_name:?} has a {other:?} value"),
+            };
+            offered.push(CameraControl {
+                id,
+                name: control_name,
+                value,
+                default,
+            });
+        }
+        Ok(offered)
+    }
+
+    fn set_controls(&mut self, settings: &[ControlSetting]) -> Result<()> {
+        for setting in settings {
+            self.device
+                .set_control(v4l::control::Control {
+                    id: setting.id,
+                    value: v4l::control::Value::Integer(setting.value),
+                })
+                .with_context(|| {
+                    format!(
+                        "camera {} refused {} = {}",
+                        self.path.display(),
+                        setting.name,
+                        setting.value
+                    )
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -455,6 +732,54 @@ mod tests {
     }
 
     #[test]
+    fn locking_turns_each_automatic_mode_to_manual_at_its_settled_value() {
+        let mut camera = FolderCamera {
+            path: PathBuf::from("unused"),
+            next: 0,
+            controls: Some(SimulatedControls::default()),
+        };
+        let offered = camera.controls().unwrap();
+        let plan = locked(&offered);
+        let ids: Vec<(u32, i64)> = plan.iter().map(|s| (s.id, s.value)).collect();
+        assert_eq!(
+            ids,
+            [
+                (cid::EXPOSURE_AUTO, 1),
+                (cid::EXPOSURE_ABSOLUTE, 250),
+                (cid::AUTO_WHITE_BALANCE, 0),
+                (cid::WHITE_BALANCE_TEMPERATURE, 4600),
+                (cid::POWER_LINE_FREQUENCY, 1),
+            ]
+        );
+        // Unlocked, the values wander frame to frame; locked, they hold.
+        let mut simulated = SimulatedControls::default();
+        simulated.advance();
+        assert_ne!(simulated.value(cid::EXPOSURE_ABSOLUTE), Some(250));
+        camera.set_controls(&plan).unwrap();
+        let mut held = camera.controls.clone().unwrap();
+        held.advance();
+        assert_eq!(held.value(cid::EXPOSURE_ABSOLUTE), Some(250));
+        assert_eq!(held.value(cid::WHITE_BALANCE_TEMPERATURE), Some(4600));
+        // Back to automatic: the defaults of the automatic modes.
+        let auto: Vec<(u32, i64)> = automatic(&offered)
+            .iter()
+            .map(|s| (s.id, s.value))
+            .collect();
+        assert_eq!(
+            auto,
+            [(cid::EXPOSURE_AUTO, 3), (cid::AUTO_WHITE_BALANCE, 1)]
+        );
+        // A camera without controls locks nothing, and refuses to be asked.
+        assert!(locked(&[]).is_empty());
+        let mut plain = FolderCamera {
+            controls: None,
+            ..camera
+        };
+        let err = plain.set_controls(&plan).unwrap_err();
+        assert!(format!("{err:#}").contains("has no controls"), "{err:#}");
+    }
+
+    #[test]
     fn folder_camera_cycles_in_name_order_and_reports_loss() {
         let dir = tempfile::tempdir().unwrap();
         for (name, shade) in [("b.png", 200u8), ("a.png", 10)] {
@@ -462,7 +787,7 @@ mod tests {
                 .save(dir.path().join(name))
                 .unwrap();
         }
-        let mut camera = FolderCamera::open(dir.path()).unwrap();
+        let mut camera = FolderCamera::open(dir.path(), None).unwrap();
         let shades: Vec<u8> = (0..3)
             .map(|_| camera.capture().unwrap().get_pixel(0, 0)[0])
             .collect();
@@ -473,6 +798,6 @@ mod tests {
         assert!(format!("{err:#}").contains("not readable"), "{err:#}");
         std::fs::rename(&gone, dir.path()).unwrap();
         assert!(camera.capture().is_ok());
-        assert!(FolderCamera::open(&gone).is_err());
+        assert!(FolderCamera::open(&gone, None).is_err());
     }
 }

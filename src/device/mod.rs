@@ -25,7 +25,10 @@ pub fn open_camera(config: &CameraConfig) -> Result<Box<dyn Camera>> {
         } => Box::new(camera::V4l2Camera::open(
             device, *width, *height, *format, *buffers,
         )?),
-        CameraConfig::Folder { path } => Box::new(camera::FolderCamera::open(path)?),
+        CameraConfig::Folder { path, controls } => Box::new(camera::FolderCamera::open(
+            path,
+            controls.then(camera::SimulatedControls::default),
+        )?),
     })
 }
 
