@@ -4,9 +4,14 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
+use image::RgbImage;
 
+use crate::calibration::{Calibration, ControlSetting};
+use crate::colour;
 use crate::config::Config;
+use crate::device::camera::CameraControl;
+use crate::device::Camera;
 use crate::device::{self, Screen};
 use crate::kiosk::load_table;
 use crate::model::Embedder;
@@ -39,6 +44,127 @@ fn describe_region(region: Option<[u32; 4]>) -> String {
     }
 }
 
+/// The scene calibration: what it holds, and whether it fits the camera's frames (size, the
+/// configured region).
+fn scene_finding(
+    config: &Config,
+    calibration: Result<&Option<Calibration>, &anyhow::Error>,
+    frame: Option<&RgbImage>,
+) -> Result<String> {
+    let region = config.scene.region;
+    if let (Some([x, y, w, h]), Some(frame)) = (region, frame) {
+        if x + w > frame.width() || y + h > frame.height() {
+            bail!(
+                "scene.region = [{x}, {y}, {w}, {h}] reaches outside the camera's {}×{} frame",
+                frame.width(),
+                frame.height()
+            );
+        }
+    }
+    let Some(path) = &config.scene.reference else {
+        return Ok(format!(
+            "no reference configured; using {}",
+            describe_region(region)
+        ));
+    };
+    let Some(calibration) = calibration.map_err(|e| anyhow!("{e:#}"))? else {
+        return Ok(format!(
+            "not calibrated ({} missing: run `fashion-kiosk calibrate`); using {}",
+            path.display(),
+            describe_region(region)
+        ));
+    };
+    let image = calibration.scene.image();
+    if let Some(frame) = frame {
+        if frame.dimensions() != image.dimensions() {
+            bail!(
+                "{} is {}×{} but the camera gives {}×{} frames: recalibrate",
+                path.display(),
+                image.width(),
+                image.height(),
+                frame.width(),
+                frame.height()
+            );
+        }
+    }
+    let noise = if calibration.scene.noise().is_some() {
+        ", noise map"
+    } else {
+        ""
+    };
+    let taken = calibration
+        .taken
+        .as_deref()
+        .map(|t| format!(", taken {t}"))
+        .unwrap_or_default();
+    let detail = format!(
+        "calibrated ({}, {}×{}, {} frames{noise}{taken})",
+        path.display(),
+        image.width(),
+        image.height(),
+        calibration.frames,
+    );
+    Ok(match &calibration.card {
+        Some(card) => format!(
+            "{detail}; white card gains {:.2} {:.2} {:.2}",
+            card.gains[0], card.gains[1], card.gains[2]
+        ),
+        None if config.scene.card => {
+            bail!("{detail}, but without the white card: recalibrate with it")
+        }
+        None => format!("{detail}; no white card (colour uncorrected)"),
+    })
+}
+
+/// The camera controls calibration locked: their values now, set again as the kiosk sets them
+/// when it opens the camera, and read back.
+fn controls_finding(camera: &mut dyn Camera, stored: &[ControlSetting]) -> Result<String> {
+    let value =
+        |controls: &[CameraControl], id| controls.iter().find(|c| c.id == id).map(|c| c.value);
+    let now = camera.controls()?;
+    let drifted: Vec<String> = stored
+        .iter()
+        .filter(|s| value(&now, s.id) != Some(s.value))
+        .map(|s| match value(&now, s.id) {
+            Some(v) => format!("{} {v} (stored {})", s.name, s.value),
+            None => format!("{} missing (stored {})", s.name, s.value),
+        })
+        .collect();
+    camera.set_controls(stored)?;
+    let after = camera.controls()?;
+    let unheld: Vec<String> = stored
+        .iter()
+        .filter(|s| value(&after, s.id) != Some(s.value))
+        .map(|s| {
+            format!(
+                "{} reads {:?}, set {}",
+                s.name,
+                value(&after, s.id),
+                s.value
+            )
+        })
+        .collect();
+    if !unheld.is_empty() {
+        bail!(
+            "the camera does not hold its calibrated controls: {}",
+            unheld.join(", ")
+        );
+    }
+    let held: Vec<String> = stored
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.value))
+        .collect();
+    Ok(if drifted.is_empty() {
+        format!("as calibrated: {}", held.join(", "))
+    } else {
+        format!(
+            "had drifted ({}); set back: {}",
+            drifted.join(", "),
+            held.join(", ")
+        )
+    })
+}
+
 /// Checks every part of `config`; a failing part does not stop the others.
 pub fn check(config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
@@ -67,42 +193,57 @@ pub fn check(config: &Config) -> Vec<Finding> {
         )),
     };
     findings.push(finding("catalogue", table));
+    let calibration = config
+        .scene
+        .reference
+        .as_deref()
+        .map(Calibration::load)
+        .transpose()
+        .map(Option::flatten);
+    let mut camera = device::open_camera(&config.camera);
+    let frame = match camera.as_mut() {
+        Ok(camera) => {
+            let start = Instant::now();
+            camera.capture().map(|frame| (frame, start.elapsed()))
+        }
+        Err(e) => Err(anyhow!("{e:#}")),
+    };
     findings.push(finding(
         "camera",
-        device::open_camera(&config.camera).and_then(|mut camera| {
-            let start = Instant::now();
-            let frame = camera.capture()?;
-            Ok(format!(
+        match (&camera, &frame) {
+            (Ok(camera), Ok((frame, took))) => Ok(format!(
                 "{}: {}×{} frame in {:.0} ms",
                 camera.describe(),
                 frame.width(),
                 frame.height(),
-                start.elapsed().as_secs_f64() * 1000.0
-            ))
-        }),
-    ));
-    findings.push(finding(
-        "scene",
-        match (&config.scene.reference, config.scene.region) {
-            (Some(path), region) => crate::foreground::load_reference(path).map(|r| match r {
-                Some(r) => format!(
-                    "calibrated ({}, {}×{})",
-                    path.display(),
-                    r.width(),
-                    r.height()
-                ),
-                None => format!(
-                    "not calibrated ({} missing: run `fashion-kiosk calibrate`); using {}",
-                    path.display(),
-                    describe_region(region)
-                ),
-            }),
-            (None, region) => Ok(format!(
-                "no reference configured; using {}",
-                describe_region(region)
+                took.as_secs_f64() * 1000.0
             )),
+            (Err(e), _) | (_, Err(e)) => Err(anyhow!("{e:#}")),
         },
     ));
+    let frame = frame.ok().map(|(frame, _)| frame);
+    findings.push(finding(
+        "scene",
+        scene_finding(config, calibration.as_ref(), frame.as_ref()),
+    ));
+    if let (Ok(Some(calibration)), Ok(camera)) = (&calibration, &mut camera) {
+        if !calibration.controls.is_empty() {
+            findings.push(finding(
+                "controls",
+                controls_finding(camera.as_mut(), &calibration.controls),
+            ));
+        }
+    }
+    if let Some(rect) = config.scene.white_patch {
+        findings.push(finding(
+            "patch",
+            match &frame {
+                Some(frame) => colour::read_patch(frame, rect)
+                    .map(|c| format!("{rect:?} reads R G B {:.0} {:.0} {:.0}", c[0], c[1], c[2])),
+                None => Err(anyhow!("not checked without a camera frame")),
+            },
+        ));
+    }
     findings.push(finding(
         "trigger",
         device::open_trigger(&config.trigger, config.kiosk.debounce()).map(|t| match t {

@@ -15,10 +15,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::calibration::{Calibration, ControlSetting};
 use crate::catalogue::Table;
+use crate::colour::{self, Correction};
 use crate::config::{CameraConfig, Config, SceneConfig};
+use crate::device::camera;
+use crate::device::display::CalibrationStep;
 use crate::device::{self, Camera, Display, Screen};
-use crate::foreground;
 use crate::model::{self, Embedder, Session};
 use crate::query::{self, ms, Recommendation};
 use crate::scanlog::ScanLog;
@@ -144,8 +147,11 @@ enum Request {
     },
     ProbeCamera,
     SetTable(Arc<Table>),
-    /// Capture the empty scene into the reference file and use it from now on.
-    Calibrate,
+    /// Lock the camera's controls and capture the empty scene; then, without a card to wait
+    /// for, save the calibration and use it from now on.
+    CalibrateEmptyScene,
+    /// Capture the white card, then save the calibration and use it from now on.
+    CalibrateCard,
 }
 
 /// What happens, in the order it happens.
@@ -158,7 +164,51 @@ enum Event {
     Camera(Result<String, String>),
     /// SIGUSR2: recalibrate.
     CalibrateRequested,
+    /// The empty scene is taken: the card is next.
+    EmptySceneTaken(Result<(), String>),
+    /// The calibration is saved and in use (a summary), or refused (the previous one is kept).
     Calibrated(Result<String, String>),
+}
+
+/// Where a calibration started with SIGUSR2 is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Calibrating {
+    /// Waiting for the person to step out of view.
+    StepAway {
+        until: Instant,
+    },
+    TakingEmptyScene,
+    /// Waiting for the card to be held up.
+    HoldCard {
+        until: Instant,
+    },
+    ReadingCard,
+}
+
+impl Calibrating {
+    /// How long the person has to step out of view, and to hold the card up.
+    const STEP_AWAY: Duration = Duration::from_secs(3);
+    const HOLD_CARD: Duration = Duration::from_secs(5);
+
+    fn screen(self, now: Instant) -> Screen {
+        let seconds =
+            |until: Instant| until.saturating_duration_since(now).as_secs_f64().ceil() as u32;
+        let (step, seconds) = match self {
+            Calibrating::StepAway { until } => (CalibrationStep::EmptyScene, seconds(until)),
+            Calibrating::TakingEmptyScene => (CalibrationStep::EmptyScene, 0),
+            Calibrating::HoldCard { until } => (CalibrationStep::Card, seconds(until)),
+            Calibrating::ReadingCard => (CalibrationStep::Card, 0),
+        };
+        Screen::Calibrating { step, seconds }
+    }
+
+    /// When the next thing happens on its own.
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Calibrating::StepAway { until } | Calibrating::HoldCard { until } => Some(until),
+            Calibrating::TakingEmptyScene | Calibrating::ReadingCard => None,
+        }
+    }
 }
 
 /// Milliseconds per stage of one scan, press to screen.
@@ -185,6 +235,8 @@ struct ScanReport {
     region: &'static str,
     /// The items, or `None` when the frame held nothing but the empty scene.
     outcome: Result<Option<Vec<Recommendation>>, ScanFailure>,
+    /// The colour correction applied, when the frame was looked at.
+    colour: Option<colour::Applied>,
     latency: ScanLatency,
 }
 
@@ -204,6 +256,9 @@ struct ScanRecord<'a> {
     error: Option<String>,
     /// How the item was found in the frame.
     region: &'static str,
+    /// The colour correction applied to what was embedded, and where it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    colour: Option<&'a colour::Applied>,
     results: Vec<LoggedItem<'a>>,
     /// Presses that arrived during this scan and were merged into one queued scan.
     coalesced: u32,
@@ -224,23 +279,120 @@ struct Scanner {
     table: Arc<Table>,
     top: usize,
     scene: SceneConfig,
-    reference: Option<RgbImage>,
+    calibration: Option<Calibration>,
+    /// The colour correction of the calibration under the config.
+    colour: Correction,
+    /// The empty scene's frames and the controls locked for them, while the card is awaited.
+    pending: Option<(Vec<RgbImage>, Vec<ControlSetting>)>,
 }
 
-/// Captures `frames` frames of the empty scene from `camera` and averages them.
-pub fn capture_reference(camera: &mut dyn Camera, frames: u32) -> Result<RgbImage> {
-    let frames = (0..frames)
+/// How long a camera's automatic exposure and white balance get to settle before calibration
+/// locks them.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Hands the camera's automatic modes back, lets them settle on the scene for `settle`, and locks
+/// them where they settled; returns what was locked (nothing for a camera without controls).
+pub fn lock_controls(camera: &mut dyn Camera, settle: Duration) -> Result<Vec<ControlSetting>> {
+    let offered = camera.controls()?;
+    if offered.is_empty() {
+        tracing::info!(
+            "{} offers no exposure or white-balance controls: calibrating with its own settings",
+            camera.describe()
+        );
+        return Ok(Vec::new());
+    }
+    camera.set_controls(&camera::automatic(&offered))?;
+    // The camera's own automatic modes run while it streams, whether or not frames are taken.
+    std::thread::sleep(settle);
+    let locked = camera::locked(&camera.controls()?);
+    camera.set_controls(&locked)?;
+    tracing::info!(
+        "camera controls locked: {}",
+        locked
+            .iter()
+            .map(|c| format!("{} = {}", c.name, c.value))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(locked)
+}
+
+/// Calibrates the configured camera in person, telling `prompt` what to do and when: step out
+/// of view (3 s), the controls settle and lock, the empty scene is captured; with `card`, hold the
+/// white card up (5 s) and it is read. Refused (nothing saved) with the reason when a step fails.
+pub fn calibrate_camera(
+    config: &Config,
+    frames: u32,
+    card: bool,
+    mut prompt: impl FnMut(&str),
+) -> Result<Calibration> {
+    let mut camera = device::open_camera(&config.camera).map_err(|e| {
+        if format!("{e:#}").contains("busy") {
+            e.context(
+                "the camera is in use: if the kiosk is running, recalibrate through it with \
+                 `sudo systemctl kill -s USR2 fashion-kiosk`",
+            )
+        } else {
+            e
+        }
+    })?;
+    let countdown = |prompt: &mut dyn FnMut(&str), what: &str, wait: Duration| {
+        for left in (1..=wait.as_secs()).rev() {
+            prompt(&format!("{what}: {left} s"));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    };
+    countdown(
+        &mut prompt,
+        "Step out of the camera's view",
+        Calibrating::STEP_AWAY,
+    );
+    prompt(&format!(
+        "Letting {} settle, then capturing {frames} frames of the empty scene",
+        camera.describe()
+    ));
+    let controls = lock_controls(camera.as_mut(), SETTLE)?;
+    let empty = capture_empty_scene(camera.as_mut(), frames)?;
+    let card = if card {
+        countdown(
+            &mut prompt,
+            "Hold a matte white card (A5 or larger) up in front of the camera, facing it",
+            Calibrating::HOLD_CARD,
+        );
+        Some(camera.capture().context("capturing the white card")?)
+    } else {
+        None
+    };
+    Calibration::from_frames(&empty, card.as_ref(), &config.scene.colour(), controls)
+}
+
+/// Captures `frames` frames of the empty scene from `camera`.
+pub fn capture_empty_scene(camera: &mut dyn Camera, frames: u32) -> Result<Vec<RgbImage>> {
+    (0..frames)
         .map(|_| camera.capture())
         .collect::<Result<Vec<_>>>()
-        .context("capturing the empty scene")?;
-    foreground::average(&frames)
+        .context("capturing the empty scene")
 }
 
 impl Scanner {
     fn ensure_camera(&mut self) -> Result<&mut Box<dyn Camera>, String> {
         if self.camera.is_none() {
-            let camera = device::open_camera(&self.camera_config).map_err(|e| format!("{e:#}"))?;
+            let mut camera =
+                device::open_camera(&self.camera_config).map_err(|e| format!("{e:#}"))?;
             tracing::info!("camera ready: {}", camera.describe());
+            // The controls calibration locked, before the first frame.
+            let controls = self
+                .calibration
+                .as_ref()
+                .map_or(&[][..], |c| &c.controls[..]);
+            if !controls.is_empty() {
+                match camera.set_controls(controls) {
+                    Ok(()) => tracing::info!("camera controls as calibrated"),
+                    Err(e) => tracing::warn!(
+                        "camera controls not restored, scanning with its own settings: {e:#}"
+                    ),
+                }
+            }
             self.camera = Some(camera);
         }
         Ok(self.camera.as_mut().expect("opened above"))
@@ -265,12 +417,14 @@ impl Scanner {
                     pressed,
                     region: "none",
                     outcome: Err(ScanFailure::Camera(message)),
+                    colour: None,
                     latency,
                 };
             }
         };
         let options = query::Options {
-            reference: self.reference.as_ref(),
+            reference: self.calibration.as_ref().map(|c| &c.scene),
+            colour: &self.colour,
             region: self.scene.region,
             flip: false,
             crops: false,
@@ -283,6 +437,7 @@ impl Scanner {
             Ok(result) => result.region,
             Err(_) => "none",
         };
+        let colour = looked_up.as_ref().ok().map(|result| result.colour.clone());
         let outcome = looked_up
             .map(|result| {
                 let stages = &result.latency_ms;
@@ -297,32 +452,95 @@ impl Scanner {
             pressed,
             region,
             outcome,
+            colour,
             latency,
         }
     }
 
-    fn calibrate(&mut self) -> Result<String, String> {
+    /// Locks the camera's controls and captures the empty scene. With a card to come, keeps them
+    /// for [`Scanner::calibrate_card`] and returns `None`; else saves the calibration.
+    fn calibrate_empty_scene(&mut self) -> Result<Option<String>, String> {
+        let frames = self.scene.calibration_frames;
+        let camera = self.ensure_camera()?;
+        let taken = lock_controls(camera.as_mut(), SETTLE)
+            .and_then(|controls| Ok((capture_empty_scene(camera.as_mut(), frames)?, controls)));
+        match taken {
+            Ok(taken) => {
+                self.pending = Some(taken);
+                if self.scene.card {
+                    Ok(None)
+                } else {
+                    self.finish_calibration(None).map(Some)
+                }
+            }
+            Err(e) => Err(self.calibration_refused(format!("{e:#}"))),
+        }
+    }
+
+    /// Captures the white card and saves the calibration with it.
+    fn calibrate_card(&mut self) -> Result<String, String> {
+        let card = self
+            .ensure_camera()
+            .and_then(|camera| camera.capture().map_err(|e| format!("{e:#}")));
+        match card {
+            Ok(card) => self.finish_calibration(Some(card)),
+            Err(e) => Err(self.calibration_refused(e)),
+        }
+    }
+
+    /// Computes and saves the calibration from the pending empty scene (and `card`), and uses it.
+    fn finish_calibration(&mut self, card: Option<RgbImage>) -> Result<String, String> {
         let path = self
             .scene
             .reference
             .clone()
             .ok_or("scene.reference is not set in the config")?;
-        let frames = self.scene.calibration_frames;
-        let camera = self.ensure_camera()?;
-        let reference = capture_reference(camera.as_mut(), frames).map_err(|e| {
-            // The camera may be gone: reopen it next time.
-            format!("{e:#}")
-        });
-        let reference = match reference {
-            Ok(reference) => reference,
-            Err(e) => {
-                self.camera = None;
-                return Err(e);
-            }
+        let (frames, controls) = self.pending.take().ok_or("no empty scene was taken")?;
+        let settings = self.scene.colour();
+        let calibration = Calibration::from_frames(&frames, card.as_ref(), &settings, controls)
+            .and_then(|calibration| calibration.save(&path).map(|()| calibration));
+        let calibration = match calibration {
+            Ok(calibration) => calibration,
+            Err(e) => return Err(self.calibration_refused(format!("{e:#}"))),
         };
-        foreground::save_png(&path, &reference).map_err(|e| format!("{e:#}"))?;
-        self.reference = Some(reference);
-        Ok(path.display().to_string())
+        let summary = match &calibration.card {
+            Some(card) => format!(
+                "{}; card gains {:.2} {:.2} {:.2}",
+                path.display(),
+                card.gains[0],
+                card.gains[1],
+                card.gains[2]
+            ),
+            None => path.display().to_string(),
+        };
+        self.colour = calibration.correction(&settings);
+        self.calibration = Some(calibration);
+        Ok(summary)
+    }
+
+    /// A calibration that failed: the previous one stays, with the camera's controls put back
+    /// as it had them (the camera is reopened if it is gone).
+    fn calibration_refused(&mut self, reason: String) -> String {
+        self.pending = None;
+        let previous = self
+            .calibration
+            .as_ref()
+            .map(|c| c.controls.clone())
+            .unwrap_or_default();
+        if let Some(camera) = self.camera.as_mut() {
+            let restored = if previous.is_empty() {
+                camera
+                    .controls()
+                    .and_then(|offered| camera.set_controls(&camera::automatic(&offered)))
+            } else {
+                camera.set_controls(&previous)
+            };
+            if let Err(e) = restored {
+                tracing::warn!("camera controls not restored: {e:#}");
+                self.camera = None;
+            }
+        }
+        reason
     }
 
     fn serve(mut self, requests: Receiver<Request>, events: Sender<Event>, threads: usize) {
@@ -337,7 +555,12 @@ impl Scanner {
                         self.table = table;
                         continue;
                     }
-                    Request::Calibrate => Event::Calibrated(self.calibrate()),
+                    Request::CalibrateEmptyScene => match self.calibrate_empty_scene() {
+                        Ok(None) => Event::EmptySceneTaken(Ok(())),
+                        Ok(Some(summary)) => Event::Calibrated(Ok(summary)),
+                        Err(e) => Event::Calibrated(Err(e)),
+                    },
+                    Request::CalibrateCard => Event::Calibrated(self.calibrate_card()),
                 };
                 if events.send(event).is_err() {
                     break;
@@ -447,11 +670,11 @@ pub fn run(config: &Config) -> Result<()> {
     );
 
     // The empty scene, if calibrated: a bad file is reported, and the kiosk runs without it.
-    let reference = match &config.scene.reference {
-        Some(path) => match foreground::load_reference(path) {
-            Ok(Some(reference)) => {
+    let calibration = match &config.scene.reference {
+        Some(path) => match Calibration::load(path) {
+            Ok(Some(calibration)) => {
                 tracing::info!("scene: calibrated ({})", path.display());
-                Some(reference)
+                Some(calibration)
             }
             Ok(None) => {
                 tracing::warn!(
@@ -467,6 +690,10 @@ pub fn run(config: &Config) -> Result<()> {
         },
         None => None,
     };
+    let colour = calibration
+        .as_ref()
+        .map(|c| c.correction(&config.scene.colour()))
+        .unwrap_or_default();
 
     let mut scan_log = match &config.scan_log.path {
         Some(path) => Some(ScanLog::open(
@@ -497,7 +724,9 @@ pub fn run(config: &Config) -> Result<()> {
         table: Arc::new(table),
         top: config.kiosk.top,
         scene: config.scene.clone(),
-        reference,
+        calibration,
+        colour,
+        pending: None,
     };
     let threads = config.model.thread_count();
     let worker_events = events_tx.clone();
@@ -532,8 +761,7 @@ pub fn run(config: &Config) -> Result<()> {
     let mut notice: Option<(Screen, Instant)> = None;
     let mut scans = 0u64;
     let mut stop_when_idle = false;
-    // When the empty scene will be captured (after the operator had time to step away).
-    let mut calibrate_at: Option<Instant> = None;
+    let mut calibrating: Option<Calibrating> = None;
 
     loop {
         let now = Instant::now();
@@ -542,7 +770,7 @@ pub fn run(config: &Config) -> Result<()> {
             State::Scanning { pressed } => Screen::Scanning {
                 tenths: (now.saturating_duration_since(pressed).as_millis() / 500 * 5) as u32,
             },
-            _ if calibrate_at.is_some() => Screen::Calibrating,
+            _ if calibrating.is_some() => calibrating.expect("checked").screen(now),
             // A notice (a refused reload, a calibration) shows at once, over results, for its time.
             _ if notice.as_ref().is_some_and(|(_, until)| now < *until) => {
                 notice.as_ref().expect("checked").0.clone()
@@ -582,12 +810,18 @@ pub fn run(config: &Config) -> Result<()> {
                 last_ping = now;
             }
         }
-        if let Some(at) = calibrate_at {
-            if now >= at && !matches!(machine.state(), State::Scanning { .. }) {
-                send(Request::Calibrate)?;
-                // Scans wait until the reference is taken: the worker runs requests in order.
-                calibrate_at = None;
+        match calibrating {
+            Some(Calibrating::StepAway { until })
+                if now >= until && !matches!(machine.state(), State::Scanning { .. }) =>
+            {
+                send(Request::CalibrateEmptyScene)?;
+                calibrating = Some(Calibrating::TakingEmptyScene);
             }
+            Some(Calibrating::HoldCard { until }) if now >= until => {
+                send(Request::CalibrateCard)?;
+                calibrating = Some(Calibrating::ReadingCard);
+            }
+            _ => {}
         }
         if let Some(at) = next_probe {
             if now >= at && !camera_probe_pending {
@@ -613,8 +847,9 @@ pub fn run(config: &Config) -> Result<()> {
         if let Some(at) = next_probe {
             wake = wake.min(at);
         }
-        if let Some(at) = calibrate_at {
-            wake = wake.min(at);
+        if let Some(at) = calibrating.and_then(Calibrating::deadline) {
+            // The countdown moves on the screen each second.
+            wake = wake.min(at).min(now + Duration::from_millis(250));
         }
         if let Some(every) = ping_every {
             wake = wake.min(last_ping + every);
@@ -629,6 +864,9 @@ pub fn run(config: &Config) -> Result<()> {
         };
 
         match event {
+            Event::Press(_) if calibrating.is_some() => {
+                tracing::debug!("press ignored: calibrating");
+            }
             Event::Press(at) => {
                 if let Some(pressed) = machine.press(at) {
                     send(Request::Scan { pressed })?;
@@ -734,28 +972,53 @@ pub fn run(config: &Config) -> Result<()> {
                     "ready: {items} items"
                 ))]);
             }
-            Event::CalibrateRequested => {
-                tracing::info!("calibration requested: capturing the empty scene in 3 s");
-                calibrate_at = Some(Instant::now() + Duration::from_secs(3));
+            Event::CalibrateRequested if calibrating.is_some() => {
+                tracing::info!("calibration requested while calibrating: ignored");
             }
-            Event::Calibrated(result) => {
-                let screen = match result {
-                    Ok(path) => {
-                        tracing::info!("calibrated: the empty scene is in {path}");
-                        Screen::Message {
-                            title: "Calibrated".into(),
-                            detail: "The empty scene is saved".into(),
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!("calibration failed: {e}");
-                        Screen::Message {
-                            title: "Calibration".into(),
-                            detail: format!("failed: {e}"),
-                        }
-                    }
+            Event::CalibrateRequested => {
+                tracing::info!(
+                    "calibration requested: capturing the empty scene in {} s",
+                    Calibrating::STEP_AWAY.as_secs()
+                );
+                calibrating = Some(Calibrating::StepAway {
+                    until: Instant::now() + Calibrating::STEP_AWAY,
+                });
+            }
+            Event::EmptySceneTaken(Ok(())) => {
+                tracing::info!(
+                    "empty scene taken: hold the white card up within {} s",
+                    Calibrating::HOLD_CARD.as_secs()
+                );
+                calibrating = Some(Calibrating::HoldCard {
+                    until: Instant::now() + Calibrating::HOLD_CARD,
+                });
+            }
+            Event::EmptySceneTaken(Err(e)) | Event::Calibrated(Err(e)) => {
+                calibrating = None;
+                tracing::error!("calibration failed, the previous one is kept: {e}");
+                notice = Some((
+                    Screen::Message {
+                        title: "Calibration".into(),
+                        detail: format!("failed: {e}"),
+                    },
+                    Instant::now() + config.kiosk.results_for(),
+                ));
+            }
+            Event::Calibrated(Ok(summary)) => {
+                calibrating = None;
+                tracing::info!("calibrated: {summary}");
+                let detail = if summary.contains("card gains") {
+                    "The empty scene and the light are saved"
+                } else {
+                    "The empty scene is saved"
                 };
-                notice = Some((screen, Instant::now() + config.kiosk.results_for()));
+                notice = Some((
+                    Screen::Message {
+                        title: "Calibrated".into(),
+                        detail: detail.into(),
+                    },
+                    Instant::now() + config.kiosk.results_for(),
+                ));
             }
             Event::TriggerEnded => {
                 tracing::info!("trigger input ended");
@@ -822,6 +1085,7 @@ fn log_scan(
         outcome,
         error,
         region: report.region,
+        colour: report.colour.as_ref(),
         results,
         coalesced,
         latency_ms: latency,

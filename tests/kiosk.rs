@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fashion_kiosk::device::display::{Canvas, Screen};
+use fashion_kiosk::device::display::{CalibrationStep, Canvas, Screen};
 
 mod common;
 
@@ -579,7 +579,10 @@ fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_ther
         "the reference is the averaged (here: one) frame"
     );
     let shown = screens(&scene.path("screens"));
-    assert!(shown.contains(&Canvas::of(&Screen::Calibrating)));
+    assert!(shown.contains(&Canvas::of(&Screen::Calibrating {
+        step: CalibrationStep::EmptyScene,
+        seconds: 3
+    })));
 
     // The item frame: found against the reference, on white, and recognised.
     let trigger = scene.path("trigger.sock");
@@ -723,5 +726,172 @@ fn query_images_prints_a_line_per_frame_and_recall_against_file_names() {
     assert!(
         err.contains("3 images") && err.contains("Recall@1 0.0000"),
         "{err}"
+    );
+}
+
+/// `image` under a shop light that tints it (red up, blue down).
+fn tinted(image: &image::RgbImage) -> image::RgbImage {
+    let light = [1.12, 1.0, 0.8];
+    let mut out = image.clone();
+    for p in out.pixels_mut() {
+        for (value, gain) in p.0.iter_mut().zip(light) {
+            *value = (*value as f32 * gain).min(255.0) as u8;
+        }
+    }
+    out
+}
+
+/// The empty scene with a matte white card (and two fingers) held up in it.
+fn with_card(mut scene: image::RgbImage) -> image::RgbImage {
+    for y in 60..180 {
+        for x in 110..210 {
+            let finger = y > 168 && (130..150).contains(&x);
+            let v = if finger {
+                [190, 140, 120]
+            } else {
+                [215, 215, 215]
+            };
+            scene.put_pixel(x, y, image::Rgb(v));
+        }
+    }
+    scene
+}
+
+#[test]
+fn kiosk_calibrates_light_with_a_white_card_locks_the_camera_and_keeps_it_on_a_bad_card() {
+    let scene = Scene::new();
+    // Under a tinted light, the camera sees: the empty scene, the card held up, the item.
+    let camera = scene.path("camera");
+    std::fs::remove_dir_all(&camera).unwrap();
+    std::fs::create_dir(&camera).unwrap();
+    tinted(&empty_scene(1))
+        .save(camera.join("a-empty.png"))
+        .unwrap();
+    tinted(&with_card(empty_scene(2)))
+        .save(camera.join("b-card.png"))
+        .unwrap();
+    let item_id = &scene.camera_ids[2];
+    let item = image::open(repo("demo/catalogue").join(format!("{item_id}.jpg")))
+        .unwrap()
+        .to_rgb8();
+    let item = image::imageops::resize(&item, 160, 160, image::imageops::Triangle);
+    let mut frame = empty_scene(3);
+    image::imageops::overlay(&mut frame, &item, 80, 40);
+    tinted(&frame).save(camera.join("c-item.png")).unwrap();
+
+    let config = scene.config(
+        "card.toml",
+        "kind = \"socket\"\npath = \"trigger.sock\"",
+        "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2\n\
+         [scene]\nreference = \"state/empty-scene.png\"\ncalibration_frames = 1\n\
+         card = true\ncard_level = 215",
+    );
+    // The folder camera with simulated exposure and white-balance controls.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("path = \"camera\"", "path = \"camera\"\ncontrols = true");
+    std::fs::write(&config, text).unwrap();
+    let mut kiosk = Kiosk::start(&scene, &config, Stdio::null());
+    kiosk.wait_ready();
+    let record = scene.path("state/empty-scene.toml");
+
+    // SIGUSR2: step away, the empty scene, then the card.
+    kiosk.signal(libc::SIGUSR2);
+    wait_for("the calibration", &kiosk, || record.exists());
+    let saved = std::fs::read_to_string(&record).unwrap();
+    assert!(saved.contains("[card]"), "{saved}");
+    assert!(
+        saved.contains("Auto Exposure") && saved.contains("value = 1"),
+        "exposure locked to manual: {saved}"
+    );
+    let shown = screens(&scene.path("screens"));
+    for step in [CalibrationStep::EmptyScene, CalibrationStep::Card] {
+        assert!(
+            shown.contains(&Canvas::of(&Screen::Calibrating { step, seconds: 0 })),
+            "{step:?} never shown while capturing"
+        );
+    }
+
+    // The item under the same light: corrected by the card's gains, which undo the tint.
+    let trigger = scene.path("trigger.sock");
+    press(&trigger);
+    wait_for("scan 1", &kiosk, || !scan_log(&scene).is_empty());
+    let found = scan_log(&scene)[0].clone();
+    assert_eq!(found["colour"]["source"], "card", "{found}");
+    let gains: Vec<f64> = found["colour"]["gains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_f64().unwrap())
+        .collect();
+    for (gain, light) in gains.iter().zip([1.12, 1.0, 0.8]) {
+        assert!((gain * light - 1.0).abs() < 0.05, "gains {gains:?}");
+    }
+    assert_eq!(found["results"][0]["id"], item_id.as_str(), "{found}");
+
+    // A second calibration whose "card" frame shows no card: refused, the first one kept.
+    tinted(&empty_scene(4))
+        .save(camera.join("b-card.png"))
+        .unwrap();
+    let before = std::fs::read(&record).unwrap();
+    let log_lines = kiosk.stderr().lines().count();
+    kiosk.signal(libc::SIGUSR2);
+    wait_for("the refusal", &kiosk, || {
+        kiosk
+            .stderr()
+            .lines()
+            .skip(log_lines)
+            .any(|l| l.contains("calibration failed"))
+    });
+    assert_eq!(
+        std::fs::read(&record).unwrap(),
+        before,
+        "the calibration changed"
+    );
+    let refusal = Screen::Message {
+        title: "Calibration".into(),
+        detail: "failed".into(),
+    };
+    wait_for("the refusal on screen", &kiosk, || {
+        screens(&scene.path("screens"))
+            .iter()
+            .any(|c| top_rows_match(c, &refusal, 19))
+    });
+    assert!(
+        kiosk.stderr().contains("no card in view"),
+        "{}",
+        kiosk.stderr()
+    );
+    kiosk.signal(libc::SIGTERM);
+    assert!(kiosk.wait_exit().success(), "{}", kiosk.stderr());
+
+    // A fresh start re-applies the locked controls before the first frame; `check` shows the
+    // card and the controls.
+    let mut kiosk = Kiosk::start(&scene, &config, Stdio::null());
+    kiosk.wait_ready();
+    press(&trigger);
+    wait_for("the camera", &kiosk, || {
+        kiosk.stderr().contains("camera controls as calibrated")
+    });
+    kiosk.signal(libc::SIGTERM);
+    assert!(kiosk.wait_exit().success(), "{}", kiosk.stderr());
+    let out = common::fashion_kiosk()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |part: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(part))
+            .unwrap_or_else(|| panic!("no {part} line: {stdout}"))
+            .to_string()
+    };
+    assert!(line("scene").contains("white card gains"), "{stdout}");
+    let controls = line("controls");
+    assert!(
+        controls.contains(" ok ") && controls.contains("had drifted"),
+        "a fresh simulated camera starts automatic, check sets it back: {stdout}"
     );
 }

@@ -38,10 +38,19 @@ pub enum Screen {
     Message { title: String, detail: String },
     /// The frame matches the empty scene: nobody is holding anything up.
     NothingToScan,
-    /// Capturing the empty scene shortly: step out of view.
-    Calibrating,
+    /// Calibrating: a step and the seconds left before its capture (0: capturing now).
+    Calibrating { step: CalibrationStep, seconds: u32 },
     /// The service has stopped.
     Stopped,
+}
+
+/// What a calibration asks of the person at the kiosk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalibrationStep {
+    /// Step out of view: the empty scene is captured.
+    EmptyScene,
+    /// Hold a matte white card up in front of the camera.
+    Card,
 }
 
 /// A device that shows screens.
@@ -158,10 +167,19 @@ where
             centred(target, "scan", 26, &FONT_10X20)?;
             centred(target, "Hold the item up", 52, &FONT_6X10)?;
         }
-        Screen::Calibrating => {
-            centred(target, "Calibrating", 6, &FONT_10X20)?;
-            centred(target, "Step out of view", 34, &FONT_6X10)?;
-            centred(target, "of the camera", 46, &FONT_6X10)?;
+        Screen::Calibrating { step, seconds } => {
+            let (title, first, second) = match step {
+                CalibrationStep::EmptyScene => ("Calibrating", "Step out of view", "of the camera"),
+                CalibrationStep::Card => ("White card", "Hold it up, facing", "the camera"),
+            };
+            centred(target, title, 4, &FONT_10X20)?;
+            centred(target, first, 28, &FONT_6X10)?;
+            centred(target, second, 39, &FONT_6X10)?;
+            let when = match seconds {
+                0 => "capturing".to_string(),
+                s => format!("in {s} s"),
+            };
+            centred(target, &when, 52, &FONT_6X10)?;
         }
         Screen::Message { title, detail } => {
             // Inverted title bar: a message is told apart from results at a glance.
@@ -466,7 +484,10 @@ mod tests {
                 detail: "cannot open /dev/video0: No such file or directory".into(),
             },
             Screen::NothingToScan,
-            Screen::Calibrating,
+            Screen::Calibrating {
+                step: CalibrationStep::Card,
+                seconds: 4,
+            },
             Screen::Stopped,
         ];
         let canvases: Vec<Canvas> = screens.iter().map(Canvas::of).collect();
