@@ -24,8 +24,9 @@ same light (the input of the kiosk's colour calibration), and truth.csv, each fr
 `--style wide` widens the set to what the classic style leaves out: items from 8% to 70% of the
 frame, striped, checked, textured and pale backgrounds, pale items, the item's white studio
 backdrop partly visible (a board behind it, opaque or see-through, or a tag at its edge), soft
-shadows, a wider range of light and sensor noise, and a camera whose auto exposure reacts to what
-is in view. `--patch X,Y,W,H` puts a neutral grey patch in view in every frame (one that stays in
+shadows, a wider range of white balance, gamma and sensor noise, and an auto-exposing camera:
+exposure set on the empty scene (its mean at 90-160), and for half the scenes moved again by what
+is in view (a dark or a white item). `--patch X,Y,W,H` puts a neutral grey patch in view in every frame (one that stays in
 the camera's view and follows the light); `--daylight D` changes the light between the calibration
 (empty scene, card) and each frame by up to D (exposure and colour). Card, patch and daylight draw
 from their own random stream, so a classic set regenerates byte for byte with or without them.
@@ -358,6 +359,9 @@ def main():
             layer, alpha, shadow = place_item_wide(item, rng)
             scene = background * (1 - shadow) * (1 - alpha) + layer * alpha
             light = Light(rng, wide=True)
+            # The camera's exposure as its auto exposure set it on the empty scene: the scene's
+            # mean lands on a target, not a blown-out or black frame.
+            light.exposure *= rng.uniform(90, 160) / max(float((background * light.exposure * light.balance).mean()), 1.0)
             if rng.uniform() < 0.5:
                 shift = auto_exposure(background, scene)
         card = with_card(background, extra)
