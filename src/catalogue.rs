@@ -1,5 +1,10 @@
 //! The catalogue embedding table: a versioned binary file of item ids, metadata and L2-normalised
-//! vectors, written atomically, loaded by mmap, validated on load, searched exactly for the top k.
+//! vectors, written atomically, read whole into memory and validated on load, searched exactly for
+//! the top k.
+//!
+//! A loaded table owns its bytes: overwriting or truncating the file afterwards (an installer's `cp`
+//! onto the live path) cannot change or break the table in memory. The vectors are read in place
+//! from that buffer, with no copy per search.
 //!
 //! # File format, version 1 (all integers little-endian)
 //!
@@ -27,14 +32,13 @@
 //! padding to a multiple of 64 bytes, then `count × dim` signed bytes; value = byte × scale.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Fingerprint;
@@ -44,6 +48,11 @@ const MAGIC: &[u8; 8] = b"FKTABLE\0";
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER_LEN: usize = 128;
 const ALIGN: usize = 64;
+// Vectors are read in place as native f16 / f32 values.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "tables are little-endian and read in place"
+);
 
 /// How vectors are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -267,7 +276,53 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// A loaded, validated table. The vectors stay in the memory-mapped file.
+/// A file's bytes held in `u64` words, so that every offset that is a multiple of 8 (the vectors
+/// start at a multiple of 64) is aligned for `f32`, `f16` and `i8` views of them.
+struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// Reads `file` to its end. Its size on disk is only the first guess of how much to allocate.
+    fn read(file: &mut File) -> Result<Self> {
+        let size = usize::try_from(file.metadata()?.len())
+            .context("file is too large for this machine's memory")?;
+        let mut buffer = Self {
+            words: Vec::new(),
+            len: 0,
+        };
+        // One word more than the size, so that reading the end needs no second allocation.
+        buffer.grow(size / 8 + 1)?;
+        loop {
+            if buffer.len == buffer.words.len() * 8 {
+                buffer.grow(buffer.words.len() * 2)?;
+            }
+            let free = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buffer.words)[buffer.len..];
+            match file.read(free) {
+                Ok(0) => return Ok(buffer),
+                Ok(n) => buffer.len += n,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Grows the buffer to `words` zeroed words, or fails if memory runs out.
+    fn grow(&mut self, words: usize) -> Result<()> {
+        self.words
+            .try_reserve_exact(words - self.words.len())
+            .context("file is too large for this machine's memory")?;
+        self.words.resize(words, 0);
+        Ok(())
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+}
+
+/// A loaded, validated table. It owns the file's bytes; the vectors are read in place from them.
 pub struct Table {
     path: PathBuf,
     fingerprint: Fingerprint,
@@ -275,7 +330,7 @@ pub struct Table {
     dim: usize,
     columns: Vec<String>,
     items: Vec<Item>,
-    map: Mmap,
+    bytes: AlignedBytes,
     vectors_offset: usize,
 }
 
@@ -287,41 +342,42 @@ pub struct Hit {
 }
 
 impl Table {
-    /// Maps and validates a table file. Every error names the file and what is wrong with it.
+    /// Reads and validates a table file. Every error names the file and what is wrong with it.
     pub fn load(path: &Path) -> Result<Self> {
         Self::load_inner(path).with_context(|| format!("cannot load table {}", path.display()))
     }
 
     fn load_inner(path: &Path) -> Result<Self> {
-        let file = File::open(path)?;
-        // SAFETY: tables are replaced by rename, never modified in place, so the mapped file
-        // does not change under us.
-        let map = unsafe { Mmap::map(&file)? };
+        let bytes = AlignedBytes::read(&mut File::open(path)?)?;
+        let data = bytes.as_bytes();
         ensure!(
-            map.len() >= HEADER_LEN,
+            data.len() >= HEADER_LEN,
             "file is {} bytes, shorter than the {HEADER_LEN}-byte header (truncated or not a table)",
-            map.len()
+            data.len()
         );
-        ensure!(&map[0..8] == MAGIC, "not a fashion-kiosk table (bad magic)");
-        let version = get_u32(&map, 8);
+        ensure!(
+            &data[0..8] == MAGIC,
+            "not a fashion-kiosk table (bad magic)"
+        );
+        let version = get_u32(data, 8);
         ensure!(
             version == FORMAT_VERSION,
             "table format version {version}, this build reads version {FORMAT_VERSION}: rebuild it with `fashion-kiosk index`"
         );
         ensure!(
-            crc32fast::hash(&map[..92]) == get_u32(&map, 92),
+            crc32fast::hash(&data[..92]) == get_u32(data, 92),
             "header checksum mismatch (corrupt file)"
         );
-        let element = Element::from_code(get_u32(&map, 12))
-            .with_context(|| format!("unknown element type {}", get_u32(&map, 12)))?;
-        let dim = get_u32(&map, 16) as usize;
-        let count = get_u32(&map, 20) as usize;
+        let element = Element::from_code(get_u32(data, 12))
+            .with_context(|| format!("unknown element type {}", get_u32(data, 12)))?;
+        let dim = get_u32(data, 16) as usize;
+        let count = get_u32(data, 20) as usize;
         ensure!(dim > 0, "dim is 0");
-        let fingerprint = Fingerprint(map[24..56].try_into().expect("32 bytes"));
-        let records_offset = get_u64(&map, 56) as usize;
-        let records_len = get_u64(&map, 64) as usize;
-        let vectors_offset = get_u64(&map, 72) as usize;
-        let vectors_len = get_u64(&map, 80) as usize;
+        let fingerprint = Fingerprint(data[24..56].try_into().expect("32 bytes"));
+        let records_offset = get_u64(data, 56) as usize;
+        let records_len = get_u64(data, 64) as usize;
+        let vectors_offset = get_u64(data, 72) as usize;
+        let vectors_len = get_u64(data, 80) as usize;
         let expected_vectors = match element {
             Element::F16 => count * dim * 2,
             Element::F32 => count * dim * 4,
@@ -335,17 +391,17 @@ impl Table {
             element.name()
         );
         ensure!(
-            map.len() == vectors_offset + vectors_len,
+            data.len() == vectors_offset + vectors_len,
             "file is {} bytes, expected {} (truncated or padded)",
-            map.len(),
+            data.len(),
             vectors_offset + vectors_len
         );
         ensure!(
-            crc32fast::hash(&map[records_offset..]) == get_u32(&map, 88),
+            crc32fast::hash(&data[records_offset..]) == get_u32(data, 88),
             "data checksum mismatch (corrupt file)"
         );
         let records: Records =
-            serde_json::from_slice(&map[records_offset..records_offset + records_len])
+            serde_json::from_slice(&data[records_offset..records_offset + records_len])
                 .context("item records are not valid")?;
         ensure!(
             records.items.len() == count,
@@ -371,7 +427,7 @@ impl Table {
             dim,
             columns: records.columns,
             items: records.items,
-            map,
+            bytes,
             vectors_offset,
         })
     }
@@ -418,7 +474,12 @@ impl Table {
     }
     /// Bytes of vector storage.
     pub fn vector_bytes(&self) -> usize {
-        self.map.len() - self.vectors_offset
+        self.bytes.len - self.vectors_offset
+    }
+
+    /// The vector section: scales (i8 only), then the rows.
+    fn vector_data(&self) -> &[u8] {
+        &self.bytes.as_bytes()[self.vectors_offset..]
     }
 
     /// The stored vector of item `index`, decoded to f32.
@@ -429,15 +490,8 @@ impl Table {
     }
 
     fn decode_into(&self, index: usize, out: &mut [f32]) {
-        let data = &self.map[self.vectors_offset..];
-        let dim = self.dim;
         match self.element {
-            Element::F32 => {
-                let row = &data[index * dim * 4..(index + 1) * dim * 4];
-                for (o, b) in out.iter_mut().zip(row.chunks_exact(4)) {
-                    *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                }
-            }
+            Element::F32 => out.copy_from_slice(self.f32_row(index)),
             Element::F16 => self.f16_row(index).convert_to_f32_slice(out),
             Element::I8 => {
                 let (scale, codes) = self.i8_row(index);
@@ -448,15 +502,19 @@ impl Table {
         }
     }
 
+    // The buffer is 8-aligned and the vectors offset a multiple of 64, so the casts are aligned.
+    fn f32_row(&self, index: usize) -> &[f32] {
+        let data = self.vector_data();
+        bytemuck::cast_slice(&data[index * self.dim * 4..(index + 1) * self.dim * 4])
+    }
+
     fn f16_row(&self, index: usize) -> &[f16] {
-        let data = &self.map[self.vectors_offset..];
-        let bytes = &data[index * self.dim * 2..(index + 1) * self.dim * 2];
-        // The vectors offset is 64-aligned in a page-aligned map, so the cast is aligned.
-        bytemuck::cast_slice(bytes)
+        let data = self.vector_data();
+        bytemuck::cast_slice(&data[index * self.dim * 2..(index + 1) * self.dim * 2])
     }
 
     fn i8_row(&self, index: usize) -> (f32, &[i8]) {
-        let data = &self.map[self.vectors_offset..];
+        let data = self.vector_data();
         let count = self.items.len();
         let scale = f32::from_le_bytes(data[index * 4..index * 4 + 4].try_into().expect("4 bytes"));
         let start = align(count * 4) + index * self.dim;
@@ -488,10 +546,7 @@ impl Table {
                     self.f16_row(index).convert_to_f32_slice(&mut scratch);
                     dot(query, &scratch)
                 }
-                Element::F32 => {
-                    self.decode_into(index, &mut scratch);
-                    dot(query, &scratch)
-                }
+                Element::F32 => dot(query, self.f32_row(index)),
             };
             top.offer(Hit { index, score });
         }
@@ -624,6 +679,43 @@ mod tests {
                 .nearest(&unit(&[1.0, 0.0, 0.0, 0.0]), 1, Some(0))
                 .unwrap();
             assert_eq!(skipped[0].index, 1);
+        }
+    }
+
+    #[test]
+    fn a_loaded_table_survives_its_file_being_overwritten_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        for element in [Element::F16, Element::I8, Element::F32] {
+            // Several pages of vectors, so a mapped file would be read past its new end.
+            let dim = 256;
+            let mut builder = TableBuilder::new(Fingerprint([7; 32]), dim, Vec::new());
+            for i in 0..24 {
+                let values: Vec<f32> = (0..dim).map(|d| ((i * 7 + d * 3) % 11) as f32).collect();
+                builder
+                    .push(item(&format!("item{i}"), &[]), &unit(&values))
+                    .unwrap();
+            }
+            let path = dir.path().join(format!("live-{}.fkt", element.name()));
+            builder.write(&path, element).unwrap();
+            let table = Table::load(&path).unwrap();
+            let query = table.vector(5);
+            let before = table.nearest(&query, 3, None).unwrap();
+
+            // What `cp new.fkt live.fkt` does: the same inode, truncated, then fewer bytes.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            file.write_all(b"FKTABLE\0 being replaced").unwrap();
+            file.sync_all().unwrap();
+
+            assert_eq!(
+                table.nearest(&query, 3, None).unwrap(),
+                before,
+                "{element:?}"
+            );
+            assert_eq!(table.vector(5), query, "{element:?}");
         }
     }
 
