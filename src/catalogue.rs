@@ -231,6 +231,26 @@ fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
 }
 
+/// Bytes of the vector section of `count` vectors of `dim` values, or `None` if that does not fit
+/// in a `usize`.
+fn vector_section_len(element: Element, count: usize, dim: usize) -> Option<usize> {
+    let values = count.checked_mul(dim)?;
+    match element {
+        Element::F16 => values.checked_mul(2),
+        Element::F32 => values.checked_mul(4),
+        Element::I8 => count
+            .checked_mul(4)?
+            .checked_next_multiple_of(ALIGN)?
+            .checked_add(values),
+    }
+}
+
+/// A size read from a table's header as a `usize`, or an error naming the field if this machine
+/// cannot address it (a 32-bit Pi).
+fn size_field(value: u64, name: &str) -> Result<usize> {
+    usize::try_from(value).with_context(|| format!("{name} {value} is too large for this machine"))
+}
+
 fn put_u32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
@@ -370,39 +390,44 @@ impl Table {
         );
         let element = Element::from_code(get_u32(data, 12))
             .with_context(|| format!("unknown element type {}", get_u32(data, 12)))?;
-        let dim = get_u32(data, 16) as usize;
-        let count = get_u32(data, 20) as usize;
+        let dim = size_field(get_u32(data, 16).into(), "dim")?;
+        let count = size_field(get_u32(data, 20).into(), "count")?;
         ensure!(dim > 0, "dim is 0");
+        ensure!(count > 0, "the table holds no items");
         let fingerprint = Fingerprint(data[24..56].try_into().expect("32 bytes"));
-        let records_offset = get_u64(data, 56) as usize;
-        let records_len = get_u64(data, 64) as usize;
-        let vectors_offset = get_u64(data, 72) as usize;
-        let vectors_len = get_u64(data, 80) as usize;
-        let expected_vectors = match element {
-            Element::F16 => count * dim * 2,
-            Element::F32 => count * dim * 4,
-            Element::I8 => align(count * 4) + count * dim,
+        let records_offset = size_field(get_u64(data, 56), "records offset")?;
+        let records_len = size_field(get_u64(data, 64), "records length")?;
+        let vectors_offset = size_field(get_u64(data, 72), "vectors offset")?;
+        let vectors_len = size_field(get_u64(data, 80), "vectors length")?;
+        let misfit = || {
+            format!(
+                "section sizes do not fit {count} vectors of {dim} {} values",
+                element.name()
+            )
         };
+        let records_end = records_offset
+            .checked_add(records_len)
+            .with_context(misfit)?;
         ensure!(
             records_offset == HEADER_LEN
-                && vectors_offset == align(records_offset + records_len)
-                && vectors_len == expected_vectors,
-            "section sizes do not fit {count} vectors of {dim} {} values",
-            element.name()
+                && records_end.checked_next_multiple_of(ALIGN) == Some(vectors_offset)
+                && Some(vectors_len) == vector_section_len(element, count, dim),
+            misfit()
         );
+        let end = vectors_offset
+            .checked_add(vectors_len)
+            .with_context(misfit)?;
         ensure!(
-            data.len() == vectors_offset + vectors_len,
-            "file is {} bytes, expected {} (truncated or padded)",
-            data.len(),
-            vectors_offset + vectors_len
+            data.len() == end,
+            "file is {} bytes, expected {end} (truncated or padded)",
+            data.len()
         );
         ensure!(
             crc32fast::hash(&data[records_offset..]) == get_u32(data, 88),
             "data checksum mismatch (corrupt file)"
         );
-        let records: Records =
-            serde_json::from_slice(&data[records_offset..records_offset + records_len])
-                .context("item records are not valid")?;
+        let records: Records = serde_json::from_slice(&data[records_offset..records_end])
+            .context("item records are not valid")?;
         ensure!(
             records.items.len() == count,
             "header says {count} items, records hold {}",
@@ -771,6 +796,147 @@ mod tests {
             let err = format!("{:#}", Table::load(&bad).err().unwrap());
             assert!(err.contains(&format!("{name}.fkt")), "{err}");
             assert!(err.contains(expected), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_table_with_no_items_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.fkt");
+        TableBuilder::new(Fingerprint([7; 32]), 4, Vec::new())
+            .write(&path, Element::I8)
+            .unwrap();
+        let err = format!("{:#}", Table::load(&path).err().unwrap());
+        assert!(
+            err.contains("empty.fkt") && err.contains("holds no items"),
+            "{err}"
+        );
+    }
+
+    /// splitmix64: a small seeded generator, so that a failing case can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A value for a size field whose largest value is `max`: near the real one, small, a power
+    /// of two, near the largest, or anything.
+    fn size_value(rng: &mut Rng, real: u64, max: u64) -> u64 {
+        match rng.below(5) {
+            0 => real.wrapping_add(rng.below(5) as u64).wrapping_sub(2) & max,
+            1 => rng.below(300) as u64,
+            2 => (1u64 << rng.below(64)) & max,
+            3 => max - rng.below(3) as u64,
+            _ => rng.next() & max,
+        }
+    }
+
+    /// Applies one random mutation to a table's bytes and says what it did.
+    fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) -> String {
+        const FIELDS: [(usize, usize, &str); 7] = [
+            (12, 4, "element"),
+            (16, 4, "dim"),
+            (20, 4, "count"),
+            (56, 8, "records offset"),
+            (64, 8, "records length"),
+            (72, 8, "vectors offset"),
+            (80, 8, "vectors length"),
+        ];
+        match rng.below(5) {
+            0 if bytes.len() >= HEADER_LEN => {
+                // Both factors of the vector section's size at once.
+                let dim = size_value(rng, get_u32(bytes, 16).into(), u32::MAX.into());
+                let count = size_value(rng, get_u32(bytes, 20).into(), u32::MAX.into());
+                put_u32(bytes, 16, dim as u32);
+                put_u32(bytes, 20, count as u32);
+                format!("dim = {dim}, count = {count}")
+            }
+            1 | 2 if bytes.len() >= HEADER_LEN => {
+                let (at, width, name) = FIELDS[rng.below(FIELDS.len())];
+                if width == 4 {
+                    let value = size_value(rng, get_u32(bytes, at).into(), u32::MAX.into());
+                    put_u32(bytes, at, value as u32);
+                    format!("{name} = {value}")
+                } else {
+                    let value = size_value(rng, get_u64(bytes, at), u64::MAX);
+                    put_u64(bytes, at, value);
+                    format!("{name} = {value}")
+                }
+            }
+            3 if bytes.len() > HEADER_LEN => {
+                let at = HEADER_LEN + rng.below(bytes.len() - HEADER_LEN);
+                let value = rng.next() as u8;
+                bytes[at] = value;
+                format!("byte {at} = {value}")
+            }
+            _ if rng.below(2) == 0 => {
+                let len = rng.below(bytes.len() + 1);
+                bytes.truncate(len);
+                format!("truncated to {len}")
+            }
+            _ => {
+                let extra = 1 + rng.below(200);
+                bytes.extend((0..extra).map(|_| rng.next() as u8));
+                format!("{extra} bytes appended")
+            }
+        }
+    }
+
+    /// Recomputes the data checksum (when `data` is set) and the header checksum, so that a
+    /// mutation gets past them.
+    fn reseal(bytes: &mut [u8], data: bool) {
+        if bytes.len() < HEADER_LEN {
+            return;
+        }
+        if data {
+            let crc = crc32fast::hash(&bytes[HEADER_LEN..]);
+            put_u32(bytes, 88, crc);
+        }
+        let crc = crc32fast::hash(&bytes[..92]);
+        put_u32(bytes, 92, crc);
+    }
+
+    #[test]
+    fn a_mutated_table_is_loaded_or_refused_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mutated.fkt");
+        let mut rng = Rng(0x5eed);
+        for element in [Element::F16, Element::I8, Element::F32] {
+            let good = std::fs::read(sample(dir.path(), element)).unwrap();
+            for case in 0..1500 {
+                let mut bytes = good.clone();
+                let mutations: Vec<String> = (0..1 + rng.below(3))
+                    .map(|_| mutate(&mut rng, &mut bytes))
+                    .collect();
+                reseal(&mut bytes, rng.below(4) != 0);
+                std::fs::write(&path, &bytes).unwrap();
+                let outcome = std::panic::catch_unwind(|| {
+                    if let Ok(table) = Table::load(&path) {
+                        // A table that loads must be searchable.
+                        for index in 0..table.len() {
+                            table.vector(index);
+                        }
+                        let query = vec![0.5; table.dim()];
+                        table.nearest(&query, 3, Some(0)).unwrap();
+                    }
+                });
+                assert!(
+                    outcome.is_ok(),
+                    "{element:?} case {case} panicked: {}",
+                    mutations.join(", ")
+                );
+            }
         }
     }
 

@@ -314,3 +314,28 @@ fn bad_tables_and_images_fail_cleanly_and_a_good_table_survives() {
         "good table was modified"
     );
 }
+
+#[test]
+fn a_table_with_no_items_is_refused_naming_it_by_bench_and_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.fkt");
+    let fingerprint = fashion_kiosk::model::Fingerprint([0; 32]);
+    fashion_kiosk::catalogue::TableBuilder::new(fingerprint, 2048, Vec::new())
+        .write(&empty, fashion_kiosk::catalogue::Element::I8)
+        .unwrap();
+    let bench = run(&[
+        "bench",
+        "--runs",
+        "1",
+        "--model",
+        int8_manifest().to_str().unwrap(),
+        "--table",
+        empty.to_str().unwrap(),
+    ]);
+    assert_fails_naming(&bench, &["empty.fkt", "holds no items"]);
+    let image = repo("demo/catalogue").join(&common::demo_sample(1)[0]);
+    assert_fails_naming(
+        &query(&empty, &image, &int8_manifest(), &[]),
+        &["empty.fkt", "holds no items"],
+    );
+}
