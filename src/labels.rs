@@ -56,8 +56,16 @@ impl Labels {
             if labels.by_id.insert(id.clone(), at).is_some() {
                 bail!("row {}: id {id} appears twice", line + 2);
             }
-            if let Some(f) = filename_at {
-                labels.by_filename.insert(record[f].trim().to_string(), at);
+            // An empty filename leaves the row to be found by its id.
+            let filename = filename_at.map(|f| record[f].trim()).unwrap_or_default();
+            if !filename.is_empty() {
+                if let Some(first) = labels.by_filename.insert(filename.to_string(), at) {
+                    bail!(
+                        "rows {} and {}: filename {filename} appears twice",
+                        first + 2,
+                        line + 2
+                    );
+                }
             }
             labels.rows.push(LabelRow {
                 id,
@@ -140,5 +148,30 @@ mod tests {
         std::fs::write(&path, "id,colour\n1,red\n1,blue\n").unwrap();
         let err = format!("{:#}", Labels::load(&path).unwrap_err());
         assert!(err.contains("id 1 appears twice"), "{err}");
+    }
+
+    #[test]
+    fn a_filename_given_twice_is_an_error_naming_both_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("twice.csv");
+        std::fs::write(
+            &path,
+            "filename,id,colour\nx1.jpg,1,red\n,2,blue\n,3,green\nx1.jpg,4,black\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Labels::load(&path).unwrap_err());
+        assert!(
+            err.contains("twice.csv")
+                && err.contains("rows 2 and 5: filename x1.jpg appears twice"),
+            "{err}"
+        );
+        // Rows without a filename (found by id) are not duplicates of each other.
+        std::fs::write(
+            &path,
+            "filename,id,colour\nx1.jpg,1,red\n,2,blue\n,3,green\n",
+        )
+        .unwrap();
+        let labels = Labels::load(&path).unwrap();
+        assert_eq!(labels.for_file("3.jpg").unwrap().values, vec!["green"]);
     }
 }
