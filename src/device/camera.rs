@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use image::RgbImage;
 
 use crate::calibration::ControlSetting;
@@ -16,7 +16,7 @@ pub trait Camera: Send {
     /// What it is, for logs and `check`.
     fn describe(&self) -> String;
     /// A frame captured after this call began (never one that waited in a buffer).
-    fn capture(&mut self) -> Result<RgbImage>;
+    fn capture(&mut self) -> Result<RgbImage, CaptureError>;
     /// The controls of [`LOCKABLE`] and [`KEPT`] this camera offers, with their values now
     /// (none for a camera without such controls).
     fn controls(&mut self) -> Result<Vec<CameraControl>> {
@@ -32,6 +32,45 @@ pub trait Camera: Send {
             );
         }
         Ok(())
+    }
+}
+
+/// Why a capture failed: the camera itself (gone, stopped: reopen it) or one frame (corrupt,
+/// the wrong size: the next one may well be fine).
+#[derive(Debug)]
+pub enum CaptureError {
+    Device(anyhow::Error),
+    BadFrame(anyhow::Error),
+}
+
+impl std::fmt::Display for CaptureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaptureError::Device(e) | CaptureError::BadFrame(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for CaptureError {}
+
+/// How many frames a capture tries before a run of bad frames is reported.
+pub const FRAME_ATTEMPTS: u32 = 3;
+
+/// A frame from `camera`, taking another when one comes out bad (a corrupt MJPEG frame, the
+/// wrong size), up to [`FRAME_ATTEMPTS`]; a lost device is reported at once.
+pub fn capture_retrying(camera: &mut dyn Camera) -> Result<RgbImage, CaptureError> {
+    let mut attempt = 1;
+    loop {
+        match camera.capture() {
+            Err(CaptureError::BadFrame(e)) if attempt < FRAME_ATTEMPTS => {
+                tracing::warn!(
+                    "{}: bad frame ({e:#}); taking another ({attempt} of {FRAME_ATTEMPTS})",
+                    camera.describe()
+                );
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -215,14 +254,14 @@ impl Camera for FolderCamera {
         format!("folder camera {}", self.path.display())
     }
 
-    fn capture(&mut self) -> Result<RgbImage> {
-        let frames = self.frames()?;
+    fn capture(&mut self) -> Result<RgbImage, CaptureError> {
+        let frames = self.frames().map_err(CaptureError::Device)?;
         let path = &frames[self.next % frames.len()];
         self.next += 1;
         if let Some(controls) = &mut self.controls {
             controls.advance();
         }
-        crate::preprocess::decode_file(path)
+        crate::preprocess::decode_file(path).map_err(CaptureError::BadFrame)
     }
 
     fn controls(&mut self) -> Result<Vec<CameraControl>> {
@@ -278,6 +317,8 @@ pub struct V4l2Camera {
     format: PixelFormat,
     width: u32,
     height: u32,
+    /// Bytes from one row to the next in a YUYV buffer (the driver may pad rows).
+    stride: u32,
     buffers: u32,
 }
 
@@ -374,10 +415,11 @@ impl V4l2Camera {
             format,
             width: set.width,
             height: set.height,
+            stride: set.stride,
             buffers,
         };
         // Start streaming now so that the sensor's exposure settles before the first press.
-        camera.next_frame()?;
+        camera.next_frame().map_err(|e| anyhow!("{e}"))?;
         Ok(camera)
     }
 
@@ -422,12 +464,14 @@ impl V4l2Camera {
     }
 
     /// Dequeues the next filled buffer (waiting for one), with its metadata.
-    fn next_frame(&mut self) -> Result<(Vec<u8>, Option<Duration>, u32)> {
+    fn next_frame(&mut self) -> Result<(Vec<u8>, Option<Duration>, u32), CaptureError> {
         use v4l::io::traits::CaptureStream;
-        let (bytes, meta) = self
-            .stream
-            .next()
-            .with_context(|| format!("camera {} stopped delivering frames", self.path.display()))?;
+        let (bytes, meta) = self.stream.next().map_err(|e| {
+            CaptureError::Device(anyhow!(
+                "camera {} stopped delivering frames: {e}",
+                self.path.display()
+            ))
+        })?;
         let used = (meta.bytesused as usize).min(bytes.len());
         let monotonic = (meta.flags & v4l::buffer::Flags::TIMESTAMP_MASK)
             == v4l::buffer::Flags::TIMESTAMP_MONOTONIC;
@@ -440,7 +484,7 @@ impl V4l2Camera {
 
     /// A frame captured after this call: buffers filled before it are dropped, by their
     /// timestamp where the driver gives a monotonic one, else by count.
-    pub fn fresh_frame(&mut self) -> Result<Frame> {
+    pub fn fresh_frame(&mut self) -> Result<Frame, CaptureError> {
         let requested = monotonic_now();
         // At most `buffers` frames can have been waiting; one more is the fresh one.
         for dropped in 0..=self.buffers + 2 {
@@ -450,12 +494,25 @@ impl V4l2Camera {
                 None => dropped >= self.buffers,
             };
             if fresh {
+                let name = self.path.display();
                 let image = match self.format {
                     PixelFormat::Mjpeg => decode_mjpeg(&bytes)
-                        .with_context(|| format!("{}: bad MJPEG frame", self.path.display()))?,
-                    PixelFormat::Yuyv => yuyv_to_rgb(&bytes, self.width, self.height)
-                        .with_context(|| format!("{}: bad YUYV frame", self.path.display()))?,
-                };
+                        .with_context(|| format!("{name}: bad MJPEG frame"))
+                        .and_then(|image| {
+                            ensure!(
+                                image.dimensions() == (self.width, self.height),
+                                "{name}: a {}×{} MJPEG frame from a {}×{} stream",
+                                image.width(),
+                                image.height(),
+                                self.width,
+                                self.height
+                            );
+                            Ok(image)
+                        }),
+                    PixelFormat::Yuyv => yuyv_to_rgb(&bytes, self.width, self.height, self.stride)
+                        .with_context(|| format!("{name}: bad YUYV frame")),
+                }
+                .map_err(CaptureError::BadFrame)?;
                 return Ok(Frame {
                     image,
                     timestamp,
@@ -463,10 +520,10 @@ impl V4l2Camera {
                 });
             }
         }
-        bail!(
+        Err(CaptureError::Device(anyhow!(
             "camera {}: no frame newer than the request (are its timestamps broken?)",
             self.path.display()
-        )
+        )))
     }
 }
 
@@ -481,7 +538,7 @@ impl Camera for V4l2Camera {
         )
     }
 
-    fn capture(&mut self) -> Result<RgbImage> {
+    fn capture(&mut self) -> Result<RgbImage, CaptureError> {
         Ok(self.fresh_frame()?.image)
     }
 
@@ -538,17 +595,21 @@ impl Camera for V4l2Camera {
     }
 }
 
-/// Converts packed YUYV 4:2:2 (BT.601, limited range) to RGB.
-pub fn yuyv_to_rgb(bytes: &[u8], width: u32, height: u32) -> Result<RgbImage> {
-    let expected = width as usize * height as usize * 2;
-    if !width.is_multiple_of(2) || bytes.len() < expected {
+/// Converts packed YUYV 4:2:2 (BT.601, limited range) to RGB; rows start `stride` bytes apart
+/// (at least `width × 2`: drivers may pad each row; 0 means unpadded).
+pub fn yuyv_to_rgb(bytes: &[u8], width: u32, height: u32, stride: u32) -> Result<RgbImage> {
+    let row = width as usize * 2;
+    let stride = if stride == 0 { row } else { stride as usize };
+    let expected = stride * (height as usize).saturating_sub(1) + row;
+    if !width.is_multiple_of(2) || stride < row || bytes.len() < expected {
         bail!(
-            "{} bytes for a {width}×{height} YUYV frame (need {expected})",
+            "{} bytes for a {width}×{height} YUYV frame with {stride}-byte rows (need {expected})",
             bytes.len()
         );
     }
     let mut rgb = Vec::with_capacity(width as usize * height as usize * 3);
-    for quad in bytes[..expected].chunks_exact(4) {
+    let rows = bytes.chunks(stride).take(height as usize);
+    for quad in rows.flat_map(|r| r[..row].chunks_exact(4)) {
         let (y0, u, y1, v) = (quad[0], quad[1], quad[2], quad[3]);
         for y in [y0, y1] {
             let c = (y as i32 - 16) * 298;
@@ -678,12 +739,26 @@ mod tests {
     fn yuyv_converts_known_colours() {
         // Black, white, and BT.601 red (Y 81, U 90, V 240) in two YUYV pairs.
         let bytes = [16, 128, 235, 128, 81, 90, 81, 240];
-        let rgb = yuyv_to_rgb(&bytes, 2, 2).unwrap();
+        let rgb = yuyv_to_rgb(&bytes, 2, 2, 0).unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [0, 0, 0]);
         assert_eq!(rgb.get_pixel(1, 0).0, [255, 255, 255]);
         let red = rgb.get_pixel(0, 1).0;
         assert!(red[0] >= 250 && red[1] <= 5 && red[2] <= 5, "{red:?}");
-        assert!(yuyv_to_rgb(&bytes[..6], 2, 2).is_err());
+        assert!(yuyv_to_rgb(&bytes[..6], 2, 2, 0).is_err());
+    }
+
+    #[test]
+    fn yuyv_rows_padded_by_the_driver_are_not_sheared() {
+        // Two rows of 2 pixels (4 bytes each), padded to 8 bytes a row with junk.
+        let bytes = [16, 128, 16, 128, 9, 9, 9, 9, 235, 128, 235, 128, 9, 9, 9, 9];
+        let rgb = yuyv_to_rgb(&bytes, 2, 2, 8).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [0, 0, 0]);
+        assert_eq!(rgb.get_pixel(0, 1).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 1).0, [255, 255, 255]);
+        // The last row needs no padding after it; a stride under a row is refused.
+        assert!(yuyv_to_rgb(&bytes[..12], 2, 2, 8).is_ok());
+        assert!(yuyv_to_rgb(&bytes, 2, 2, 3).is_err());
     }
 
     /// A baseline JPEG with its DHT segment cut out, as MJPEG cameras send them.
@@ -777,6 +852,36 @@ mod tests {
         };
         let err = plain.set_controls(&plan).unwrap_err();
         assert!(format!("{err:#}").contains("has no controls"), "{err:#}");
+    }
+
+    #[test]
+    fn a_bad_frame_is_taken_again_and_a_lost_folder_is_a_device_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.jpg"), b"not a jpeg").unwrap();
+        std::fs::write(dir.path().join("b.jpg"), b"\xff\xd8 cut short").unwrap();
+        RgbImage::from_pixel(4, 4, image::Rgb([9; 3]))
+            .save(dir.path().join("c.png"))
+            .unwrap();
+        let mut camera = FolderCamera::open(dir.path(), None).unwrap();
+        let frame = capture_retrying(&mut camera).unwrap();
+        assert_eq!(
+            frame.get_pixel(0, 0).0,
+            [9; 3],
+            "the third frame, after two bad ones"
+        );
+        // Three bad frames in a row: a bad-frame error, not a device fault.
+        std::fs::write(dir.path().join("c.png"), b"garbage").unwrap();
+        assert!(matches!(
+            capture_retrying(&mut camera),
+            Err(CaptureError::BadFrame(_))
+        ));
+        let gone = dir.path().with_extension("gone");
+        std::fs::rename(dir.path(), &gone).unwrap();
+        assert!(matches!(
+            capture_retrying(&mut camera),
+            Err(CaptureError::Device(_))
+        ));
+        std::fs::rename(&gone, dir.path()).unwrap();
     }
 
     #[test]
