@@ -182,3 +182,27 @@ fn a_new_screen_replaces_every_byte_of_the_previous_one() {
     assert_eq!(controller.ram, Canvas::of(&idle).to_ssd1306_pages());
     assert_ne!(controller.ram, Canvas::of(&results()).to_ssd1306_pages());
 }
+
+#[test]
+fn a_controller_reset_by_a_power_glitch_lights_up_again_with_the_next_screen() {
+    // The writes of setting up and showing the first screen (the driver is deterministic)…
+    let mut oled = Oled::new(RecordingBus::default(), 0x3c, "test OLED".into()).unwrap();
+    oled.show(&results()).unwrap();
+    let first = oled.release().writes.len();
+    // …then a second screen, which alone reaches a controller that lost power in between:
+    // display off, addressing back to its reset state.
+    let mut oled = Oled::new(RecordingBus::default(), 0x3c, "test OLED".into()).unwrap();
+    oled.show(&results()).unwrap();
+    let idle = Screen::Idle { items: 9583 };
+    oled.show(&idle).unwrap();
+    let bus = oled.release();
+    let mut controller = Controller::new();
+    for (_, bytes) in &bus.writes[first..] {
+        controller.write(bytes);
+    }
+    assert!(
+        controller.on,
+        "the reset display was never switched back on"
+    );
+    assert_eq!(controller.ram, Canvas::of(&idle).to_ssd1306_pages());
+}

@@ -439,7 +439,13 @@ impl<I2C: embedded_hal::i2c::I2c + Send> Display for Oled<I2C> {
         self.name.clone()
     }
 
+    /// Sends the controller its set-up again (a few dozen bytes), then the whole frame: a module
+    /// reset by a power glitch answers on the bus but stays dark until re-initialised, and no
+    /// error would ever say so.
     fn show(&mut self, screen: &Screen) -> Result<()> {
+        self.display
+            .init()
+            .map_err(|e| anyhow!("{}: SSD1306 does not answer ({e:?})", self.name))?;
         self.display.clear_buffer();
         render(screen, &mut self.display).map_err(|e| anyhow!("{}: {e:?}", self.name))?;
         self.display
