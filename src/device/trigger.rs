@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::config::GpioBackend;
 
@@ -44,11 +44,21 @@ pub struct SocketTrigger {
 }
 
 impl SocketTrigger {
-    /// Binds `path`, replacing a stale socket file left by an earlier run.
+    /// Binds `path`, replacing a stale socket file left by an earlier run; a socket another
+    /// process still listens on (a running kiosk, while `check` runs) is left alone.
     pub fn bind(path: &Path) -> Result<Self> {
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
+                if UnixDatagram::unbound()
+                    .and_then(|probe| probe.connect(path))
+                    .is_ok()
+                {
+                    bail!(
+                        "trigger socket {} is in use (is the kiosk running?)",
+                        path.display()
+                    );
+                }
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }
@@ -193,6 +203,13 @@ mod tests {
         sender.send_to(b"press", &path).unwrap();
         sender.send_to(b"", &path).unwrap();
         assert!(trigger.wait().unwrap());
+        assert!(trigger.wait().unwrap());
+        // A second kiosk (or `check`) leaves a live socket alone.
+        let err = SocketTrigger::bind(&path)
+            .err()
+            .expect("the socket is in use");
+        assert!(format!("{err:#}").contains("in use"), "{err:#}");
+        sender.send_to(b"press", &path).unwrap();
         assert!(trigger.wait().unwrap());
         drop(trigger);
         assert!(!path.exists());
