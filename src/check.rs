@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::device::camera::CameraControl;
 use crate::device::Camera;
 use crate::device::{self, Screen};
-use crate::kiosk::load_table;
 use crate::model::Embedder;
 use crate::scanlog::ScanLog;
 
@@ -185,7 +184,8 @@ pub fn check(config: &Config) -> Vec<Finding> {
             }),
     ));
     let table = match &embedder {
-        Ok(embedder) => load_table(embedder, &config.catalogue.table)
+        Ok(embedder) => embedder
+            .load_table(&config.catalogue.table)
             .map(|t| format!("{} ({} items)", config.catalogue.table.display(), t.len())),
         Err(_) => Err(anyhow::anyhow!(
             "{}: not checked without a model",
@@ -204,7 +204,10 @@ pub fn check(config: &Config) -> Vec<Finding> {
     let frame = match camera.as_mut() {
         Ok(camera) => {
             let start = Instant::now();
-            camera.capture().map(|frame| (frame, start.elapsed()))
+            camera
+                .capture()
+                .map(|frame| (frame, start.elapsed()))
+                .map_err(anyhow::Error::from)
         }
         Err(e) => Err(anyhow!("{e:#}")),
     };

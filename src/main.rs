@@ -14,6 +14,7 @@ use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
 use fashion_kiosk::model::{self, Embedder};
 use fashion_kiosk::preprocess::{self, decode_file};
+use fashion_kiosk::query::FoundBy;
 use fashion_kiosk::{bench, check, evaluate, foreground, kiosk, query, resources};
 
 /// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
@@ -413,7 +414,7 @@ fn index_into(
 
 fn cmd_query(args: QueryArgs) -> Result<()> {
     let embedder = args.model.load()?;
-    let table = kiosk::load_table(&embedder, &args.table)?;
+    let table = embedder.load_table(&args.table)?;
     let mut session = embedder.session()?;
     let threads = args.threads.unwrap_or_else(all_cores);
     tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
@@ -524,7 +525,7 @@ fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
                         out.display()
                     )
                 }
-                ("nothing", None) => {
+                (FoundBy::Nothing, None) => {
                     nothing += 1;
                     format!("{name}: nothing to scan")
                 }
@@ -596,7 +597,7 @@ fn query_folder(
         let rank = result.results.iter().position(|r| r.id == id);
         at1 += usize::from(rank == Some(0));
         at5 += usize::from(rank.is_some_and(|r| r < 5));
-        nothing += usize::from(result.region == "nothing");
+        nothing += usize::from(result.region == FoundBy::Nothing);
         totals.push(result.latency_ms.total);
         if args.json {
             let mut line = serde_json::to_value(&result)?;
@@ -644,7 +645,7 @@ fn print_results(image: &Path, result: &query::QueryResult) {
             meta.join(", ")
         );
     }
-    if result.region == "nothing" {
+    if result.region == FoundBy::Nothing {
         println!("  nothing differs from the empty scene: no item to look up");
     }
     let l = &result.latency_ms;

@@ -217,6 +217,13 @@ impl Embedder {
         })
     }
 
+    /// Loads the table at `path` and checks it was made with this model.
+    pub fn load_table(&self, path: &Path) -> Result<crate::catalogue::Table> {
+        let table = crate::catalogue::Table::load(path)?;
+        table.ensure_model(self.fingerprint(), self.manifest_path())?;
+        Ok(table)
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }

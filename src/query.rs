@@ -37,14 +37,40 @@ pub struct Latency {
     pub total: f64,
 }
 
+/// How the item was found in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FoundBy {
+    /// Its difference to the empty scene.
+    Reference,
+    /// The configured part of the frame.
+    Region,
+    /// What stands out from the store around it (without a reference).
+    Salient,
+    /// The centred square of the frame (nothing stands out, or a studio shot).
+    Centre,
+    /// The frame matches the empty scene: nothing to look up.
+    Nothing,
+}
+
+impl FoundBy {
+    /// The name in JSON and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            FoundBy::Reference => "reference",
+            FoundBy::Region => "region",
+            FoundBy::Salient => "salient",
+            FoundBy::Centre => "centre",
+            FoundBy::Nothing => "nothing",
+        }
+    }
+}
+
 /// The answer to one look-up.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
-    /// How the item was found: "reference" (difference to the empty scene), "region" (the
-    /// configured part of the frame), "salient" (what stands out from the store around it, without
-    /// a reference), "centre" (the centred square of the frame, when nothing stands out), or
-    /// "nothing" (the frame matches the empty scene: no results).
-    pub region: &'static str,
+    /// How the item was found (JSON: "reference", "region", "salient", "centre" or "nothing").
+    pub region: FoundBy,
     /// The colour correction applied to what was embedded.
     pub colour: colour::Applied,
     pub results: Vec<Recommendation>,
@@ -108,9 +134,9 @@ const CROP_SHARE: f64 = 0.8;
 /// What a scan embeds of a frame: found, cut out and colour-corrected as `options` say.
 #[derive(Debug)]
 pub struct Subject<'a> {
-    /// How the item was found (see [`QueryResult::region`]); "nothing" when the frame matches
-    /// the empty scene (then there is nothing to embed).
-    pub path: &'static str,
+    /// How the item was found; [`FoundBy::Nothing`] when the frame matches the empty scene
+    /// (then there is nothing to embed).
+    pub path: FoundBy,
     /// The picture to embed (the item on white, or the frame itself)…
     pub image: Cow<'a, RgbImage>,
     /// …and the part of it.
@@ -137,12 +163,12 @@ pub fn subject<'a>(frame: &'a RgbImage, options: &Options) -> Result<Subject<'a>
             } => {
                 drift = gains;
                 bbox = Some(found);
-                ("reference", Cow::Owned(image), Region::Whole)
+                (FoundBy::Reference, Cow::Owned(image), Region::Whole)
             }
-            Foreground::Nothing { .. } => ("nothing", Cow::Borrowed(frame), Region::Whole),
+            Foreground::Nothing { .. } => (FoundBy::Nothing, Cow::Borrowed(frame), Region::Whole),
         },
         (None, Some([x, y, width, height])) => (
-            "region",
+            FoundBy::Region,
             Cow::Borrowed(frame),
             Region::Rect {
                 x,
@@ -156,13 +182,13 @@ pub fn subject<'a>(frame: &'a RgbImage, options: &Options) -> Result<Subject<'a>
                 image, bbox: found, ..
             } => {
                 bbox = Some(found);
-                ("salient", Cow::Owned(image), Region::Whole)
+                (FoundBy::Salient, Cow::Owned(image), Region::Whole)
             }
-            Foreground::Nothing { .. } => ("centre", Cow::Borrowed(frame), Region::Whole),
+            Foreground::Nothing { .. } => (FoundBy::Centre, Cow::Borrowed(frame), Region::Whole),
         },
     };
     let colour = options.colour.gains_for(frame, drift);
-    if path != "nothing" && colour.source != colour::Source::None {
+    if path != FoundBy::Nothing && colour.source != colour::Source::None {
         colour::correct(image.to_mut(), colour.gains);
     }
     Ok(Subject {
@@ -185,7 +211,7 @@ pub fn query_image(
     let start = Instant::now();
     let subject = subject(image, &options)?;
     let isolated = Instant::now();
-    if subject.path == "nothing" {
+    if subject.path == FoundBy::Nothing {
         let total = ms(start, isolated);
         return Ok(QueryResult {
             region: subject.path,

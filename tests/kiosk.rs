@@ -308,14 +308,7 @@ fn kiosk_scans_on_presses_survives_faults_and_reloads() {
         );
         assert_eq!(record["results"].as_array().unwrap().len(), 5);
         let latency = &record["latency_ms"];
-        for stage in [
-            "capture",
-            "preprocess",
-            "embed",
-            "search",
-            "display",
-            "total",
-        ] {
+        for stage in ["capture", "preprocess", "embed", "search", "total"] {
             assert!(latency[stage].as_f64().unwrap() >= 0.0, "{stage}: {record}");
         }
         assert!(latency["total"].as_f64() > latency["embed"].as_f64());
@@ -429,7 +422,7 @@ fn kiosk_without_its_display_runs_headless_and_stops_at_end_of_stdin() {
     assert!(status.success(), "{status}: {}", kiosk.stderr());
     let err = kiosk.stderr();
     assert!(
-        err.contains("running headless") && err.contains("/nonexistent/i2c-9"),
+        err.contains("running on without it and retrying") && err.contains("/nonexistent/i2c-9"),
         "{err}"
     );
     assert_eq!(
@@ -465,6 +458,76 @@ fn kiosk_without_a_table_shows_why_and_exits_with_failure() {
         detail: String::new(),
     };
     assert!(top_rows_match(shown.last().unwrap(), &no_catalogue, 19));
+}
+
+#[test]
+fn every_start_up_fault_shows_its_screen_and_exits_with_failure() {
+    let scene = Scene::new();
+    // A scan log that cannot be opened (its folder would be inside a file), and a trigger socket
+    // that cannot be bound (its folder does not exist).
+    std::fs::write(scene.path("logs"), "a file, not a folder").unwrap();
+    let cases = [
+        (
+            "scanlog.toml",
+            "kind = \"signal\"",
+            "Scan log",
+            "scan log folder",
+        ),
+        (
+            "trigger.toml",
+            "kind = \"socket\"\npath = \"missing/trigger.sock\"",
+            "No button",
+            "missing/trigger.sock",
+        ),
+    ];
+    for (name, trigger, title, named) in cases {
+        let config = scene.config(
+            name,
+            trigger,
+            "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2",
+        );
+        if title == "No button" {
+            let text = std::fs::read_to_string(&config)
+                .unwrap()
+                .replace("path = \"logs/scans.jsonl\"", "path = \"scans.jsonl\"");
+            std::fs::write(&config, text).unwrap();
+        }
+        let out = common::fashion_kiosk()
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(named) && !err.contains("panicked"), "{err}");
+        let shown = screens(&scene.path("screens"));
+        let fault = Screen::Message {
+            title: title.into(),
+            detail: String::new(),
+        };
+        assert!(
+            top_rows_match(shown.last().unwrap(), &fault, 19),
+            "{name}: the last screen is not {title:?}"
+        );
+    }
+}
+
+#[test]
+fn signals_sent_while_the_model_loads_wait_their_turn() {
+    let scene = Scene::new();
+    let config = scene.config(
+        "early.toml",
+        "kind = \"signal\"",
+        "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2",
+    );
+    let mut kiosk = Kiosk::start(&scene, &config, Stdio::null());
+    // SIGHUP's default action would end the process: it must be queued as a reload instead.
+    std::thread::sleep(Duration::from_millis(100));
+    kiosk.signal(libc::SIGHUP);
+    kiosk.wait_ready();
+    wait_for("the reload", &kiosk, || kiosk.stderr().contains("reloaded"));
+    kiosk.signal(libc::SIGTERM);
+    assert!(kiosk.wait_exit().success(), "{}", kiosk.stderr());
 }
 
 #[test]

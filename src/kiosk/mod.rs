@@ -1,0 +1,523 @@
+//! The kiosk service: button → camera → look-up → screen, all day, unattended.
+//!
+//! [`core`] decides everything that happens over time, from events and the clock; [`run`] is the
+//! I/O loop that feeds it events (presses, signals, the worker's reports) and performs its
+//! effects: requests to the [`scanner`] thread (camera, model, table, calibration), the scan log,
+//! the display, systemd. [`calibrate`] is calibration in person, for the service and the CLI.
+
+pub mod calibrate;
+pub mod core;
+pub mod scanner;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+
+use self::core::{Core, Effect, Event, Notice, Outcome, Settings};
+use self::scanner::{Report, Request, ScanFailure, ScanLatency, ScanReport, Scanner};
+use crate::calibration::Calibration;
+use crate::colour;
+use crate::config::Config;
+use crate::device::{self, Display, Screen};
+use crate::model::Embedder;
+use crate::query::{ms, FoundBy};
+use crate::scanlog::ScanLog;
+
+pub use self::calibrate::{calibrate_camera, lock_controls};
+
+/// What reaches the I/O loop: an event for the core, or a report from the worker.
+enum Input {
+    Event(Event),
+    Report(Report),
+}
+
+/// The display as the I/O loop drives it: shows a screen only when it changes; a failure is
+/// reported to the core, which schedules the reopening.
+struct Screens {
+    display: Option<Box<dyn Display>>,
+    shown: Option<Screen>,
+}
+
+impl Screens {
+    /// Shows `screen` unless it is already shown; the error of a failing display.
+    fn show(&mut self, screen: &Screen) -> Result<(), String> {
+        if self.shown.as_ref() == Some(screen) {
+            return Ok(());
+        }
+        if let Some(display) = self.display.as_mut() {
+            display.show(screen).map_err(|e| format!("{e:#}"))?;
+        }
+        self.shown = Some(screen.clone());
+        Ok(())
+    }
+}
+
+/// systemd notifications (no-ops outside systemd).
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify failed: {e}");
+    }
+}
+
+/// Shows a start-up failure and returns it (the service exits; systemd restarts it later).
+fn startup_failure(title: &str, screens: &mut Screens, err: anyhow::Error) -> anyhow::Error {
+    let _ = screens.show(&Screen::Message {
+        title: title.into(),
+        detail: format!("{err:#}"),
+    });
+    err
+}
+
+/// Runs the kiosk until SIGTERM/SIGINT (or the end of a stdin trigger). An error return means
+/// the service cannot work (model, table, scan log or trigger unusable at start, a hung scan):
+/// systemd restarts it.
+pub fn run(config: &Config) -> Result<()> {
+    // Signals first: one sent while the model loads waits in the queue instead of killing the
+    // service.
+    let (inputs_tx, inputs) = mpsc::channel();
+    spawn_signal_thread(inputs_tx.clone())?;
+    // The display next, so that every later failure can be shown.
+    let (display, display_fault) = match device::open_display(&config.display) {
+        Ok(Some(opened)) => {
+            tracing::info!("display: {}", opened.describe());
+            (Some(opened), None)
+        }
+        Ok(None) => {
+            tracing::info!("no display configured: running headless");
+            (None, None)
+        }
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    let mut screens = Screens {
+        display,
+        shown: None,
+    };
+    let _ = screens.show(&Screen::Message {
+        title: "Starting".into(),
+        detail: "Loading the model and the catalogue".into(),
+    });
+
+    let manifest = config.model.manifest_path();
+    let embedder =
+        Embedder::load(&manifest).map_err(|e| startup_failure("No model", &mut screens, e))?;
+    let table = embedder
+        .load_table(&config.catalogue.table)
+        .map_err(|e| startup_failure("No catalogue", &mut screens, e))?;
+    let session = embedder
+        .session()
+        .map_err(|e| startup_failure("No model", &mut screens, e))?;
+    let items = table.len();
+    tracing::info!(
+        "model {} ({}), catalogue {} with {items} items",
+        embedder.manifest().name,
+        manifest.display(),
+        config.catalogue.table.display()
+    );
+    let calibration = load_calibration(config);
+    let colour = calibration
+        .as_ref()
+        .map(|c| c.correction(&config.scene.colour()))
+        .unwrap_or_default();
+    let mut scan_log = match &config.scan_log.path {
+        Some(path) => Some(
+            ScanLog::open(path, config.scan_log.max_bytes, config.scan_log.keep)
+                .map_err(|e| startup_failure("Scan log", &mut screens, e))?,
+        ),
+        None => None,
+    };
+    let trigger = device::open_trigger(&config.trigger, config.kiosk.debounce())
+        .context("cannot open the trigger")
+        .map_err(|e| startup_failure("No button", &mut screens, e))?;
+    match trigger {
+        Some(trigger) => {
+            tracing::info!("trigger: {} (and SIGUSR1)", trigger.describe());
+            spawn_trigger_thread(trigger, inputs_tx.clone())?;
+        }
+        None => tracing::info!("trigger: SIGUSR1 only"),
+    }
+
+    let (requests, worker_requests) = mpsc::channel();
+    let (reports_tx, reports) = mpsc::channel();
+    let scanner = Scanner {
+        camera_config: config.camera.clone(),
+        camera: None,
+        session,
+        table: Arc::new(table),
+        top: config.kiosk.top,
+        scene: config.scene.clone(),
+        calibration,
+        colour,
+        pending: None,
+    };
+    let threads = config.model.thread_count();
+    std::thread::Builder::new()
+        .name("scanner".into())
+        .spawn(move || scanner.serve(worker_requests, reports_tx, threads))
+        .context("cannot start the scanner thread")?;
+    // The worker's reports join the other inputs.
+    let forward = inputs_tx.clone();
+    std::thread::Builder::new()
+        .name("reports".into())
+        .spawn(move || {
+            for report in reports {
+                if forward.send(Input::Report(report)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the report thread")?;
+    drop(inputs_tx);
+
+    let settings = Settings {
+        debounce: config.kiosk.debounce(),
+        results_for: config.kiosk.results_for(),
+        scan_timeout: config.kiosk.scan_timeout(),
+        camera_retry_max: config.kiosk.camera_retry_max(),
+        watchdog: sd_notify::watchdog_enabled().map(|w| w / 2),
+    };
+    let (mut core, effects) = Core::new(settings, items, Instant::now());
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("ready: {items} items")),
+    ]);
+    tracing::info!("ready: press to scan");
+
+    let mut io = Io {
+        config,
+        embedder: &embedder,
+        requests,
+        scan_log: &mut scan_log,
+        screens,
+        finished: None,
+    };
+    let mut pending: VecDeque<Event> = VecDeque::new();
+    if let Some(fault) = display_fault {
+        pending.push_back(Event::DisplayFailed(fault));
+    }
+    if let Some(result) = io.perform(effects, &mut pending) {
+        return result;
+    }
+    loop {
+        let now = Instant::now();
+        let mut effects = core.tick(now);
+        while let Some(event) = pending.pop_front() {
+            effects.extend(core.on(event, now));
+        }
+        if let Some(result) = io.perform(effects, &mut pending) {
+            let _ = io.screens.show(&core.screen(Instant::now()));
+            return result;
+        }
+        if !pending.is_empty() {
+            continue;
+        }
+        if let Err(e) = io.screens.show(&core.screen(now)) {
+            pending.push_back(Event::DisplayFailed(e));
+            continue;
+        }
+        let wait = core
+            .next_wake(now)
+            .saturating_duration_since(Instant::now());
+        match inputs.recv_timeout(wait) {
+            Ok(Input::Event(event)) => pending.push_back(event),
+            Ok(Input::Report(report)) => pending.push_back(io.receive(report)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(anyhow!("every event source has stopped"))
+            }
+        }
+    }
+}
+
+/// The empty scene's calibration, if there is one: a bad one is reported, and the kiosk runs
+/// without it.
+fn load_calibration(config: &Config) -> Option<Calibration> {
+    let path = config.scene.reference.as_ref()?;
+    match Calibration::load(path) {
+        Ok(Some(calibration)) => {
+            tracing::info!("scene: calibrated ({})", path.display());
+            Some(calibration)
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "scene: not calibrated yet ({} missing): run `fashion-kiosk calibrate`",
+                path.display()
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!("scene: {e:#}");
+            None
+        }
+    }
+}
+
+/// What the I/O loop holds to perform the core's effects.
+struct Io<'a> {
+    config: &'a Config,
+    embedder: &'a Embedder,
+    requests: Sender<Request>,
+    scan_log: &'a mut Option<ScanLog>,
+    screens: Screens,
+    /// The last finished scan, until its log line is written.
+    finished: Option<Box<ScanReport>>,
+}
+
+impl Io<'_> {
+    /// A worker's report, as the core's event (a finished scan is kept for its log line).
+    fn receive(&mut self, report: Report) -> Event {
+        match report {
+            Report::Scanned(report) => {
+                let outcome = match &report.outcome {
+                    Ok(_) if report.found == Some(FoundBy::Nothing) => Outcome::Nothing,
+                    Ok(results) => {
+                        Outcome::Results(results.iter().map(|r| (r.id.clone(), r.score)).collect())
+                    }
+                    Err(ScanFailure::CameraLost(message)) => Outcome::CameraLost(message.clone()),
+                    Err(ScanFailure::BadFrame(message)) => Outcome::BadFrame(message.clone()),
+                    Err(ScanFailure::Model(message)) => Outcome::Failed(message.clone()),
+                };
+                self.finished = Some(report);
+                Event::Scanned(outcome)
+            }
+            Report::CameraProbed(result) => Event::CameraProbed(result),
+            Report::EmptySceneTaken => Event::EmptySceneTaken(Ok(())),
+            Report::Calibrated(result) => Event::Calibrated(result),
+        }
+    }
+
+    /// Performs `effects` in order; events they produce go to `pending`. Returns the service's
+    /// result when an effect ends it.
+    fn perform(
+        &mut self,
+        effects: Vec<Effect>,
+        pending: &mut VecDeque<Event>,
+    ) -> Option<Result<()>> {
+        for effect in effects {
+            let request = match effect {
+                Effect::Scan { pressed } => Request::Scan { pressed },
+                Effect::ProbeCamera => Request::ProbeCamera,
+                Effect::CalibrateEmptyScene => Request::CalibrateEmptyScene,
+                Effect::CalibrateCard => Request::CalibrateCard,
+                Effect::ReloadTable => {
+                    pending.push_back(Event::Reloaded(self.reload()));
+                    continue;
+                }
+                Effect::LogScan { scan, coalesced } => {
+                    if let Some(report) = self.finished.take() {
+                        log_scan(self.scan_log.as_mut(), scan, *report, coalesced);
+                    }
+                    continue;
+                }
+                Effect::ReopenDisplay => {
+                    pending.push_back(self.reopen_display());
+                    continue;
+                }
+                Effect::Notify(notice) => {
+                    match notice {
+                        Notice::Status(status) => {
+                            notify(&[sd_notify::NotifyState::Status(&status)])
+                        }
+                        Notice::Watchdog => notify(&[sd_notify::NotifyState::Watchdog]),
+                        Notice::Stopping => notify(&[sd_notify::NotifyState::Stopping]),
+                    }
+                    continue;
+                }
+                Effect::Exit(result) => return Some(result.map_err(|e| anyhow!(e))),
+            };
+            if self.requests.send(request).is_err() {
+                return Some(Err(anyhow!("the scanner thread has stopped")));
+            }
+        }
+        None
+    }
+
+    /// Loads the catalogue again; on success the worker gets it.
+    fn reload(&mut self) -> Result<usize, String> {
+        let path = &self.config.catalogue.table;
+        match self.embedder.load_table(path) {
+            Ok(table) => {
+                let items = table.len();
+                tracing::info!("reloaded {}: {items} items", path.display());
+                let _ = self.requests.send(Request::SetTable(Arc::new(table)));
+                Ok(items)
+            }
+            Err(e) => {
+                tracing::error!("reload refused, keeping the previous catalogue: {e:#}");
+                Err(format!("{e:#}"))
+            }
+        }
+    }
+
+    /// Opens the display anew (an OLED is re-initialised); the screen is shown again on it.
+    fn reopen_display(&mut self) -> Event {
+        self.screens.display = None;
+        self.screens.shown = None;
+        match device::open_display(&self.config.display) {
+            Ok(display) => {
+                let name = display
+                    .as_ref()
+                    .map_or("none".into(), |display| display.describe());
+                self.screens.display = display;
+                Event::DisplayBack(name)
+            }
+            Err(e) => Event::DisplayFailed(format!("{e:#}")),
+        }
+    }
+}
+
+/// One line of the scan log.
+#[derive(Serialize)]
+struct ScanRecord<'a> {
+    time: String,
+    scan: u64,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// How the item was found in the frame ("none" when the scan failed before looking).
+    region: &'static str,
+    /// The colour correction applied to what was embedded, and where it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    colour: Option<&'a colour::Applied>,
+    results: Vec<LoggedItem<'a>>,
+    /// Presses that arrived during this scan and were merged into one queued scan.
+    coalesced: u32,
+    latency_ms: &'a ScanLatency,
+}
+
+#[derive(Serialize)]
+struct LoggedItem<'a> {
+    id: &'a str,
+    score: f32,
+}
+
+/// Logs a finished scan to the journal and, synced, to the scan log.
+fn log_scan(scan_log: Option<&mut ScanLog>, scan: u64, mut report: ScanReport, coalesced: u32) {
+    report.latency.total = ms(report.pressed, Instant::now());
+    let (outcome, error, results): (_, _, Vec<LoggedItem>) = match &report.outcome {
+        Ok(results) => {
+            let results: Vec<LoggedItem> = results
+                .iter()
+                .map(|r| LoggedItem {
+                    id: &r.id,
+                    score: r.score,
+                })
+                .collect();
+            match results.first() {
+                Some(best) => {
+                    tracing::info!(
+                        "scan {scan}: {} ({:.3}) … in {:.0} ms",
+                        best.id,
+                        best.score,
+                        report.latency.total
+                    );
+                    ("ok", None, results)
+                }
+                None => {
+                    tracing::info!("scan {scan}: nothing in front of the camera");
+                    ("nothing", None, results)
+                }
+            }
+        }
+        Err(failure) => {
+            let message = match failure {
+                ScanFailure::CameraLost(m) | ScanFailure::BadFrame(m) | ScanFailure::Model(m) => m,
+            };
+            tracing::warn!("scan {scan} failed: {message}");
+            ("error", Some(message.clone()), Vec::new())
+        }
+    };
+    let Some(log) = scan_log else {
+        return;
+    };
+    // A frame like the empty scene was still looked at by the reference.
+    let region = match report.found {
+        Some(FoundBy::Nothing) => FoundBy::Reference.name(),
+        Some(found) => found.name(),
+        None => "none",
+    };
+    let record = ScanRecord {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        scan,
+        outcome,
+        error,
+        region,
+        colour: report.colour.as_ref(),
+        results,
+        coalesced,
+        latency_ms: &report.latency,
+    };
+    if let Err(e) = log.append(&record) {
+        tracing::error!("scan not logged: {e:#}");
+    }
+}
+
+fn spawn_signal_thread(inputs: Sender<Input>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+            .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let event = match signal {
+                    SIGHUP => Event::ReloadRequested,
+                    SIGUSR1 => Event::Press(Instant::now()),
+                    SIGUSR2 => Event::CalibrateRequested,
+                    SIGINT => Event::Shutdown("SIGINT"),
+                    _ => Event::Shutdown("SIGTERM"),
+                };
+                if inputs.send(Input::Event(event)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+fn spawn_trigger_thread(
+    mut trigger: Box<dyn device::Trigger>,
+    inputs: Sender<Input>,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("trigger".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let event = match trigger.wait() {
+                    Ok(true) => {
+                        backoff = Duration::from_millis(500);
+                        Event::Press(Instant::now())
+                    }
+                    Ok(false) => Event::TriggerEnded,
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: {e:#}; retrying in {:.1} s",
+                            trigger.describe(),
+                            backoff.as_secs_f64()
+                        );
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                };
+                let ended = event == Event::TriggerEnded;
+                if inputs.send(Input::Event(event)).is_err() || ended {
+                    break;
+                }
+            }
+        })
+        .context("cannot start the trigger thread")?;
+    Ok(())
+}
+
+/// Where the kiosk's demo keeps its screens and scan log when none are given.
+pub fn demo_output_dir() -> PathBuf {
+    std::env::temp_dir().join("fashion-kiosk-demo")
+}
