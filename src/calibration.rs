@@ -98,18 +98,18 @@ impl Calibration {
         let card = card
             .map(|frame| colour::read_card(frame, &scene, settings.card_level))
             .transpose()?;
-        let patch = settings
-            .white_patch
-            .map(|rect| -> Result<WhitePatch> {
-                let seen = colour::read_patch(scene.image(), rect)
-                    .context("reading the white patch on the empty scene")?;
-                let level = match &card {
-                    Some(card) => std::array::from_fn(|c| seen[c] * card.gains[c]),
-                    None => [settings.card_level; 3],
-                };
-                Ok(WhitePatch { rect, level })
+        // The patch's own colour, learnt against the card; a patch that cannot be read on the
+        // empty scene is taken as white (and is read, or not, on each frame as usual).
+        let patch = settings.white_patch.and_then(|rect| {
+            let seen = colour::read_patch(scene.image(), rect)
+                .map_err(|e| tracing::warn!("white patch on the empty scene: {e:#}"))
+                .ok()?;
+            let card = card.as_ref()?;
+            Some(WhitePatch {
+                rect,
+                level: std::array::from_fn(|c| seen[c] * card.gains[c]),
             })
-            .transpose()?;
+        });
         Ok(Calibration {
             scene,
             frames: u32::try_from(empty.len()).unwrap_or(u32::MAX),
@@ -508,6 +508,12 @@ mod tests {
         let correction = calibration.correction(&settings);
         assert_eq!(correction.card, None);
         assert_eq!(correction.patch.unwrap().level, [200.0; 3]);
+        // A patch that cannot be read (here: off the frame) leaves the calibration whole.
+        let off_frame = ColourSettings {
+            white_patch: Some([600, 0, 8, 8]),
+            ..settings
+        };
+        assert!(Calibration::from_frames(&frames, None, &off_frame, Vec::new()).is_ok());
         // A patch configured after calibration is read as white too.
         let moved = ColourSettings {
             white_patch: Some([20, 0, 8, 8]),
