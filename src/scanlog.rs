@@ -3,7 +3,8 @@
 //!
 //! Durability policy:
 //! - each line is appended with one `write` to a file opened in append mode, then `fdatasync`ed,
-//!   so a scan that was shown is on disk (scans come seconds apart, the sync costs ~ms);
+//!   before the scan's screen is shown (scans come seconds apart, the sync costs ~ms); a write
+//!   that fails part-way (a full disk) is cut back, so no half line stays in the file;
 //! - a power cut can at worst leave a torn last line: on open, a tail without its newline is cut
 //!   back to the last complete line (and logged), so the file always parses as JSON lines;
 //! - before a line would take the file past `max_bytes`, it is rotated: `scans.jsonl` →
@@ -80,8 +81,19 @@ impl ScanLog {
             file.write_all(&line)?;
             file.sync_data()
         };
-        write(&mut self.file)
-            .with_context(|| format!("cannot write scan log {}", self.path.display()))?;
+        if let Err(e) = write(&mut self.file) {
+            // A write cut short (a full disk) must not leave half a line for the next one to
+            // follow: the file is cut back to its last whole line.
+            if let Err(cut) = self.file.set_len(self.size) {
+                tracing::error!(
+                    "scan log {}: cannot cut a failed write back ({cut}); it is repaired when \
+                     the log is next opened",
+                    self.path.display()
+                );
+            }
+            return Err(e)
+                .with_context(|| format!("cannot write scan log {}", self.path.display()));
+        }
         self.size += line.len() as u64;
         Ok(())
     }
