@@ -185,9 +185,11 @@ pub fn run(config: &Config) -> Result<()> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("ready: {items} items")),
     ]);
-    tracing::info!("ready: press to scan");
+    let boot = boot_id();
+    tracing::info!("ready: press to scan (boot {boot})");
 
     let mut io = Io {
+        boot,
         config,
         embedder: &embedder,
         requests,
@@ -258,6 +260,8 @@ fn load_calibration(config: &Config) -> Option<Calibration> {
 
 /// What the I/O loop holds to perform the core's effects.
 struct Io<'a> {
+    /// This run of the service, in every scan log line.
+    boot: String,
     config: &'a Config,
     embedder: &'a Embedder,
     requests: Sender<Request>,
@@ -309,6 +313,10 @@ impl Io<'_> {
                 }
                 Effect::LogScan { scan, coalesced } => {
                     if let Some(report) = self.finished.take() {
+                        let scan = ScanKey {
+                            boot: &self.boot,
+                            scan,
+                        };
                         log_scan(self.scan_log.as_mut(), scan, *report, coalesced);
                     }
                     continue;
@@ -370,10 +378,27 @@ impl Io<'_> {
     }
 }
 
+/// A run of the service: its start time and process id, so that two runs never share one.
+fn boot_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", nanos / 1_000_000, std::process::id())
+}
+
+/// What names a scan for good: the run of the service and its number in that run.
+#[derive(Clone, Copy)]
+struct ScanKey<'a> {
+    boot: &'a str,
+    scan: u64,
+}
+
 /// One line of the scan log.
 #[derive(Serialize)]
 struct ScanRecord<'a> {
     time: String,
+    /// The run of the service (scan numbers start again at 1 in each).
+    boot: &'a str,
     scan: u64,
     outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -383,7 +408,7 @@ struct ScanRecord<'a> {
     /// The colour correction applied to what was embedded, and where it came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     colour: Option<&'a colour::Applied>,
-    results: Vec<LoggedItem<'a>>,
+    results: &'a [LoggedItem<'a>],
     /// Presses that arrived during this scan and were merged into one queued scan.
     coalesced: u32,
     latency_ms: &'a ScanLatency,
@@ -395,8 +420,10 @@ struct LoggedItem<'a> {
     score: f32,
 }
 
-/// Logs a finished scan to the journal and, synced, to the scan log.
-fn log_scan(scan_log: Option<&mut ScanLog>, scan: u64, mut report: ScanReport, coalesced: u32) {
+/// Logs a finished scan to the scan log, synced, then to the journal (so that a scan the journal
+/// reports is in the scan log, unless the journal says it could not be written).
+fn log_scan(scan_log: Option<&mut ScanLog>, key: ScanKey, mut report: ScanReport, coalesced: u32) {
+    let scan = key.scan;
     report.latency.total = ms(report.pressed, Instant::now());
     let (outcome, error, results): (_, _, Vec<LoggedItem>) = match &report.outcome {
         Ok(results) => {
@@ -407,52 +434,47 @@ fn log_scan(scan_log: Option<&mut ScanLog>, scan: u64, mut report: ScanReport, c
                     score: r.score,
                 })
                 .collect();
-            match results.first() {
-                Some(best) => {
-                    tracing::info!(
-                        "scan {scan}: {} ({:.3}) … in {:.0} ms",
-                        best.id,
-                        best.score,
-                        report.latency.total
-                    );
-                    ("ok", None, results)
-                }
-                None => {
-                    tracing::info!("scan {scan}: nothing in front of the camera");
-                    ("nothing", None, results)
-                }
-            }
+            let outcome = if results.is_empty() { "nothing" } else { "ok" };
+            (outcome, None, results)
         }
-        Err(failure) => {
-            let message = match failure {
-                ScanFailure::CameraLost(m) | ScanFailure::BadFrame(m) | ScanFailure::Model(m) => m,
-            };
-            tracing::warn!("scan {scan} failed: {message}");
-            ("error", Some(message.clone()), Vec::new())
+        Err(
+            ScanFailure::CameraLost(message)
+            | ScanFailure::BadFrame(message)
+            | ScanFailure::Model(message),
+        ) => ("error", Some(message.clone()), Vec::new()),
+    };
+    if let Some(log) = scan_log {
+        // A frame like the empty scene was still looked at by the reference.
+        let region = match report.found {
+            Some(FoundBy::Nothing) => FoundBy::Reference.name(),
+            Some(found) => found.name(),
+            None => "none",
+        };
+        let record = ScanRecord {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            boot: key.boot,
+            scan,
+            outcome,
+            error: error.clone(),
+            region,
+            colour: report.colour.as_ref(),
+            results: &results,
+            coalesced,
+            latency_ms: &report.latency,
+        };
+        if let Err(e) = log.append(&record) {
+            tracing::error!("scan {scan} not logged: {e:#}");
         }
-    };
-    let Some(log) = scan_log else {
-        return;
-    };
-    // A frame like the empty scene was still looked at by the reference.
-    let region = match report.found {
-        Some(FoundBy::Nothing) => FoundBy::Reference.name(),
-        Some(found) => found.name(),
-        None => "none",
-    };
-    let record = ScanRecord {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        scan,
-        outcome,
-        error,
-        region,
-        colour: report.colour.as_ref(),
-        results,
-        coalesced,
-        latency_ms: &report.latency,
-    };
-    if let Err(e) = log.append(&record) {
-        tracing::error!("scan not logged: {e:#}");
+    }
+    match (results.first(), error) {
+        (Some(best), _) => tracing::info!(
+            "scan {scan}: {} ({:.3}) … in {:.0} ms",
+            best.id,
+            best.score,
+            report.latency.total
+        ),
+        (None, None) => tracing::info!("scan {scan}: nothing in front of the camera"),
+        (None, Some(message)) => tracing::warn!("scan {scan} failed: {message}"),
     }
 }
 
