@@ -1,9 +1,12 @@
 //! Building a catalogue table from a folder of images: embed every image on all cores with a
 //! progress bar, skip bad files with one warning each, and re-embed only new or changed images.
+//! A table already at the output is only replaced when the new one keeps most of its items and
+//! nearly every image could be read, unless the job allows it to shrink.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,8 +24,17 @@ pub struct IndexJob<'a> {
     pub labels: Option<&'a Labels>,
     pub out: &'a Path,
     pub element: Element,
+    /// Replace a table at `out` even if more than 10% of its items would go or more than 1% of
+    /// the folder's images could not be read.
+    pub allow_shrink: bool,
     pub show_progress: bool,
 }
+
+/// The percentage of an existing table's items that a new table may drop without `allow_shrink`.
+const MAX_LOST_PERCENT: usize = 10;
+/// The percentage of the folder's images that may be unreadable when a table is replaced without
+/// `allow_shrink`.
+const MAX_UNREADABLE_PERCENT: usize = 1;
 
 /// What `index` did.
 #[derive(Debug, Default)]
@@ -34,6 +46,22 @@ pub struct IndexReport {
     /// Files whose name is not an image's (csv, txt, …), left out silently.
     pub ignored: usize,
     pub items: usize,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for IndexReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} items ({} embedded, {} unchanged), {} skipped, {} non-image files ignored, {:.1} s",
+            self.items,
+            self.embedded,
+            self.reused,
+            self.skipped.len(),
+            self.ignored,
+            self.elapsed.as_secs_f64()
+        )
+    }
 }
 
 struct Candidate {
@@ -48,11 +76,21 @@ struct Embedded {
 
 /// Indexes `job.catalogue` into `job.out`. A previous table at `job.out` from the same model lends
 /// the vectors of unchanged images. The table is only written if at least one image was embedded
-/// or reused; a failure never replaces a good table.
+/// or reused, and (see [`IndexJob::allow_shrink`]) if it does not shrink a previous table too
+/// much; a failure never replaces a good table.
 pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
+    let start = Instant::now();
     let mut report = IndexReport::default();
     let candidates = list_images(job.catalogue, &mut report)?;
-    let previous = previous_vectors(embedder, job);
+    // Files whose names could not be read: unreadable images too.
+    let unnamed = report.skipped.len();
+    let existing = existing_table(job);
+    let previous = existing
+        .as_ref()
+        .map(|table| previous_vectors(embedder, job, table))
+        .unwrap_or_default();
+    let existing_ids: Option<Vec<String>> =
+        existing.map(|table| table.items().iter().map(|item| item.id.clone()).collect());
     let columns = job.labels.map(|l| l.columns.clone()).unwrap_or_default();
 
     let progress = if job.show_progress {
@@ -117,8 +155,11 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
         )
         .collect();
     progress.finish_and_clear();
-    report.skipped = skipped.into_inner().expect("not poisoned");
+    report
+        .skipped
+        .extend(skipped.into_inner().expect("not poisoned"));
     report.skipped.sort();
+    let unreadable = report.skipped.len();
     report.reused = reused.into_inner();
 
     let mut builder = TableBuilder::new(embedder.fingerprint(), embedder.dim(), columns);
@@ -146,9 +187,22 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
             job.out.display()
         );
     }
+    if let Some(existing_ids) = existing_ids.filter(|_| !job.allow_shrink) {
+        Shrink {
+            old_items: existing_ids.len(),
+            lost: existing_ids
+                .into_iter()
+                .filter(|id| !seen.contains(id))
+                .collect(),
+            unreadable,
+            images: candidates.len() + unnamed,
+        }
+        .check(job)?;
+    }
     report.items = builder.len();
     report.embedded = report.items - report.reused.min(report.items);
     builder.write(job.out, job.element)?;
+    report.elapsed = start.elapsed();
     Ok(report)
 }
 
@@ -206,19 +260,66 @@ fn identity(
     }
 }
 
-/// Vectors of the table already at `job.out`, keyed by (source, digest), if it was made by this
-/// model and stores them at least as precisely as asked for now.
-fn previous_vectors(embedder: &Embedder, job: &IndexJob) -> HashMap<(String, String), Vec<f32>> {
-    if !job.out.exists() {
-        return HashMap::new();
-    }
-    let table = match Table::load(job.out) {
-        Ok(table) => table,
-        Err(err) => {
-            tracing::warn!("{err:#}; re-embedding every image");
-            return HashMap::new();
+/// What replacing a table would lose.
+struct Shrink {
+    /// Items of the old table.
+    old_items: usize,
+    /// Ids of the old table's items that the new one lacks, in the old table's order.
+    lost: Vec<String>,
+    /// Files of the folder that could not be read or decoded.
+    unreadable: usize,
+    /// Image files in the folder.
+    images: usize,
+}
+
+impl Shrink {
+    /// Refuses the replacement of the table at `job.out` if it loses more than
+    /// [`MAX_LOST_PERCENT`] of its items or more than [`MAX_UNREADABLE_PERCENT`] of the images
+    /// could not be read; the error says what would have been lost.
+    fn check(&self, job: &IndexJob) -> Result<()> {
+        let too_many_lost = self.lost.len() * 100 > MAX_LOST_PERCENT * self.old_items;
+        let too_many_unreadable = self.unreadable * 100 > MAX_UNREADABLE_PERCENT * self.images;
+        if !too_many_lost && !too_many_unreadable {
+            return Ok(());
         }
-    };
+        const EXAMPLES: usize = 3;
+        let examples = match self.lost.len() {
+            0 => String::new(),
+            n => format!(
+                " (e.g. {}{})",
+                self.lost[..n.min(EXAMPLES)].join(", "),
+                if n > EXAMPLES { ", …" } else { "" }
+            ),
+        };
+        bail!(
+            "{} left unchanged: replacing it would drop {} of its {} items{examples}, and {} of the {} images in {} could not be read; give --allow-shrink to replace it anyway",
+            job.out.display(),
+            self.lost.len(),
+            self.old_items,
+            self.unreadable,
+            self.images,
+            job.catalogue.display()
+        )
+    }
+}
+
+/// The table already at `job.out`, if there is one and it is valid.
+fn existing_table(job: &IndexJob) -> Option<Table> {
+    if !job.out.exists() {
+        return None;
+    }
+    Table::load(job.out)
+        .inspect_err(|err| tracing::warn!("{err:#}; re-embedding every image"))
+        .ok()
+}
+
+/// Vectors of `table` (the one already at `job.out`), keyed by (source, digest), if it was made
+/// by this model and stores them at least as precisely as asked for now.
+fn previous_vectors(
+    embedder: &Embedder,
+    job: &IndexJob,
+    table: &Table,
+) -> HashMap<(String, String), Vec<f32>> {
     if table.fingerprint() != embedder.fingerprint() {
         tracing::info!(
             "{} was built by another model ({}); re-embedding every image",

@@ -83,6 +83,10 @@ struct IndexArgs {
     /// How vectors are stored.
     #[arg(long, value_enum, default_value_t = Element::I8)]
     element: Element,
+    /// Replace the table at --out even if more than 10% of its items would go or more than 1% of
+    /// the folder's images cannot be read (otherwise refused, leaving it unchanged).
+    #[arg(long)]
+    allow_shrink: bool,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -374,15 +378,21 @@ fn run(command: Command) -> Result<()> {
 fn cmd_index(args: IndexArgs) -> Result<()> {
     let embedder = args.model.load()?;
     let labels = args.labels.as_deref().map(Labels::load).transpose()?;
-    index_into(
-        &embedder,
-        &args.catalogue,
-        labels.as_ref(),
-        &args.out,
-        args.element,
-    )
+    let job = IndexJob {
+        catalogue: &args.catalogue,
+        labels: labels.as_ref(),
+        out: &args.out,
+        element: args.element,
+        allow_shrink: args.allow_shrink,
+        show_progress: std::io::stderr().is_terminal(),
+    };
+    let report = indexer::index(&embedder, &job)?;
+    tracing::info!("wrote {}: {report}", args.out.display());
+    Ok(())
 }
 
+/// Indexes `catalogue` into `out` (the demo's own table), refusing to shrink a table already
+/// there.
 fn index_into(
     embedder: &Embedder,
     catalogue: &Path,
@@ -390,25 +400,16 @@ fn index_into(
     out: &Path,
     element: Element,
 ) -> Result<()> {
-    let start = std::time::Instant::now();
     let job = IndexJob {
         catalogue,
         labels,
         out,
         element,
+        allow_shrink: false,
         show_progress: std::io::stderr().is_terminal(),
     };
     let report = indexer::index(embedder, &job)?;
-    tracing::info!(
-        "wrote {}: {} items ({} embedded, {} unchanged), {} skipped, {} non-image files ignored, {:.1} s",
-        out.display(),
-        report.items,
-        report.embedded,
-        report.reused,
-        report.skipped.len(),
-        report.ignored,
-        start.elapsed().as_secs_f64()
-    );
+    tracing::info!("wrote {}: {report}", out.display());
     Ok(())
 }
 

@@ -57,17 +57,24 @@ fn small_catalogue(dir: &Path) -> (PathBuf, Vec<String>) {
 }
 
 fn index(catalogue: &Path, out: &Path, manifest: &Path) -> Output {
-    run(&[
+    index_with(catalogue, out, manifest, &[])
+}
+
+fn index_with(catalogue: &Path, out: &Path, manifest: &Path, extra: &[&str]) -> Output {
+    let labels = repo("demo/labels.csv");
+    let mut args = vec![
         "index",
         "--catalogue",
         catalogue.to_str().unwrap(),
         "--labels",
-        repo("demo/labels.csv").to_str().unwrap(),
+        labels.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--model",
         manifest.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 fn query(table: &Path, image: &Path, manifest: &Path, extra: &[&str]) -> Output {
@@ -180,7 +187,11 @@ fn index_skips_bad_files_reindexes_only_changes_and_query_finds_the_item_itself(
         );
     }
 
-    // Unchanged folder: nothing re-embedded. One image replaced: only it.
+    // Unchanged folder (the unreadable files removed, or the table would not be replaced):
+    // nothing re-embedded. One image replaced: only it.
+    for bad in ["notes.jpg", "truncated.jpg", "empty.png"] {
+        std::fs::remove_file(catalogue.join(bad)).unwrap();
+    }
     let out = index(&catalogue, &table, &int8_manifest());
     assert!(
         stderr(&out).contains("8 items (0 embedded, 8 unchanged)"),
@@ -337,5 +348,77 @@ fn a_table_with_no_items_is_refused_naming_it_by_bench_and_query() {
     assert_fails_naming(
         &query(&empty, &image, &int8_manifest(), &[]),
         &["empty.fkt", "holds no items"],
+    );
+}
+
+#[test]
+fn index_refuses_to_shrink_a_table_by_more_than_a_tenth_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalogue, picked) = small_catalogue(dir.path());
+    let table = dir.path().join("live.fkt");
+    assert!(index(&catalogue, &table, &int8_manifest()).status.success());
+    let good = std::fs::read(&table).unwrap();
+
+    // Two of the eight images gone (an unmounted share, a wrong folder): refused, table unchanged.
+    for name in &picked[..2] {
+        std::fs::remove_file(catalogue.join(name)).unwrap();
+    }
+    let gone: Vec<&str> = picked[..2]
+        .iter()
+        .map(|name| name.trim_end_matches(".jpg"))
+        .collect();
+    let out = index(&catalogue, &table, &int8_manifest());
+    assert_fails_naming(
+        &out,
+        &[
+            "live.fkt",
+            "left unchanged",
+            "drop 2 of its 8 items",
+            gone[0],
+            gone[1],
+            "--allow-shrink",
+        ],
+    );
+    assert_eq!(std::fs::read(&table).unwrap(), good, "table was modified");
+
+    // Asked for: replaced.
+    let out = index_with(&catalogue, &table, &int8_manifest(), &["--allow-shrink"]);
+    assert!(
+        stderr(&out).contains("wrote")
+            && stderr(&out).contains("6 items (0 embedded, 6 unchanged)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn index_refuses_to_replace_a_table_when_images_cannot_be_read_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (catalogue, _) = small_catalogue(dir.path());
+    let table = dir.path().join("live.fkt");
+    assert!(index(&catalogue, &table, &int8_manifest()).status.success());
+    let good = std::fs::read(&table).unwrap();
+
+    // One image of nine unreadable (more than 1%), though no item would go.
+    std::fs::write(catalogue.join("unreadable.jpg"), "not a photo").unwrap();
+    let out = index(&catalogue, &table, &int8_manifest());
+    assert_fails_naming(
+        &out,
+        &[
+            "live.fkt",
+            "left unchanged",
+            "drop 0 of its 8 items",
+            "1 of the 9 images",
+            "could not be read",
+            "--allow-shrink",
+        ],
+    );
+    assert_eq!(std::fs::read(&table).unwrap(), good, "table was modified");
+
+    let out = index_with(&catalogue, &table, &int8_manifest(), &["--allow-shrink"]);
+    assert!(
+        stderr(&out).contains("8 items (0 embedded, 8 unchanged), 1 skipped"),
+        "{}",
+        stderr(&out)
     );
 }
