@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::catalogue::{Element, Item, Table, TableBuilder};
 use crate::labels::Labels;
 use crate::model::Embedder;
-use crate::preprocess::{decode_bytes, is_image_name, Region};
+use crate::preprocess::{self, decode_bytes, Region};
 
 /// What `index` should do.
 pub struct IndexJob<'a> {
@@ -207,41 +207,17 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
 }
 
 fn list_images(dir: &Path, report: &mut IndexReport) -> Result<Vec<Candidate>> {
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read catalogue folder {}", dir.display()))?;
-    let mut candidates = Vec::new();
-    for entry in entries {
-        let entry =
-            entry.with_context(|| format!("cannot read catalogue folder {}", dir.display()))?;
-        let Ok(file_name) = entry.file_name().into_string() else {
-            report
-                .skipped
-                .push((entry.path(), "file name is not UTF-8".into()));
-            continue;
-        };
-        if file_name.starts_with('.') || !entry.path().is_file() {
-            continue;
-        }
-        if is_image_name(Path::new(&file_name)) {
-            candidates.push(Candidate {
-                path: entry.path(),
-                file_name,
-            });
-        } else {
-            report.ignored += 1;
-        }
+    let listing = preprocess::list_images(dir, "catalogue folder")?;
+    report.ignored += listing.ignored;
+    for path in listing.bad_names {
+        tracing::warn!("skipping {}: file name is not UTF-8", path.display());
+        report.skipped.push((path, "file name is not UTF-8".into()));
     }
-    candidates.sort_by(|a, b| natural_key(&a.file_name).cmp(&natural_key(&b.file_name)));
-    Ok(candidates)
-}
-
-/// Orders `9.jpg` before `10.jpg`.
-fn natural_key(name: &str) -> (u64, &str) {
-    let stem = Path::new(name)
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or(name);
-    (stem.parse().unwrap_or(u64::MAX), name)
+    Ok(listing
+        .images
+        .into_iter()
+        .map(|(path, file_name)| Candidate { path, file_name })
+        .collect())
 }
 
 fn identity(

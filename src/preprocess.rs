@@ -2,7 +2,7 @@
 //! orientation, region of interest, centred square, SIMD resize, normalise into an NCHW tensor.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use fast_image_resize::images::Image as ResizeImage;
@@ -34,6 +34,55 @@ pub fn is_image_name(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// The images of a folder, by the one rule every command and the folder camera follow: regular
+/// files with an image extension, hidden files left out, in natural order (`9.jpg` before
+/// `10.jpg`).
+#[derive(Debug, Default)]
+pub struct ImageFiles {
+    /// Each image's path and file name.
+    pub images: Vec<(PathBuf, String)>,
+    /// Other files, not images by their names.
+    pub ignored: usize,
+    /// Files whose names are not UTF-8 (so no id can be made of them).
+    pub bad_names: Vec<PathBuf>,
+}
+
+/// Lists the images of `dir` (see [`ImageFiles`]); the error names the folder as `what` (say,
+/// "camera folder").
+pub fn list_images(dir: &Path, what: &str) -> Result<ImageFiles> {
+    let context = || format!("cannot read {what} {}", dir.display());
+    let entries = std::fs::read_dir(dir).with_context(context)?;
+    let mut listing = ImageFiles::default();
+    for entry in entries {
+        let entry = entry.with_context(context)?;
+        let Ok(file_name) = entry.file_name().into_string() else {
+            listing.bad_names.push(entry.path());
+            continue;
+        };
+        if file_name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        if is_image_name(Path::new(&file_name)) {
+            listing.images.push((entry.path(), file_name));
+        } else {
+            listing.ignored += 1;
+        }
+    }
+    listing
+        .images
+        .sort_by(|a, b| natural_key(&a.1).cmp(&natural_key(&b.1)));
+    Ok(listing)
+}
+
+/// Orders `9.jpg` before `10.jpg`.
+fn natural_key(name: &str) -> (u64, &str) {
+    let stem = Path::new(name)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(name);
+    (stem.parse().unwrap_or(u64::MAX), name)
 }
 
 /// Decodes an image file (JPEG, PNG or WebP; format from content, not name) and applies its EXIF

@@ -236,15 +236,14 @@ impl FolderCamera {
         if self.path.is_file() {
             return Ok(vec![self.path.clone()]);
         }
-        let mut frames: Vec<PathBuf> = std::fs::read_dir(&self.path)
-            .with_context(|| format!("camera folder {} is not readable", self.path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| crate::preprocess::is_image_name(p))
+        let frames: Vec<PathBuf> = crate::preprocess::list_images(&self.path, "camera folder")?
+            .images
+            .into_iter()
+            .map(|(path, _)| path)
             .collect();
         if frames.is_empty() {
             bail!("camera folder {} holds no images", self.path.display());
         }
-        frames.sort();
         Ok(frames)
     }
 }
@@ -900,7 +899,10 @@ mod tests {
         let gone = dir.path().with_extension("gone");
         std::fs::rename(dir.path(), &gone).unwrap();
         let err = camera.capture().unwrap_err();
-        assert!(format!("{err:#}").contains("not readable"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("cannot read camera folder"),
+            "{err:#}"
+        );
         std::fs::rename(&gone, dir.path()).unwrap();
         assert!(camera.capture().is_ok());
         assert!(FolderCamera::open(&gone, None).is_err());
