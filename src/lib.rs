@@ -17,6 +17,7 @@ pub mod config;
 pub mod device;
 pub mod evaluate;
 pub mod foreground;
+pub mod frames;
 pub mod indexer;
 pub mod kiosk;
 pub mod labels;

@@ -13,9 +13,9 @@ use fashion_kiosk::config::{Config, Overrides};
 use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
 use fashion_kiosk::model::{self, Embedder};
-use fashion_kiosk::preprocess::{self, decode_file};
+use fashion_kiosk::preprocess;
 use fashion_kiosk::query::FoundBy;
-use fashion_kiosk::{bench, check, evaluate, foreground, kiosk, query, resources};
+use fashion_kiosk::{bench, check, evaluate, frames, kiosk, query, resources};
 
 /// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
 /// embedding table of the store's catalogue.
@@ -378,38 +378,23 @@ fn run(command: Command) -> Result<()> {
 fn cmd_index(args: IndexArgs) -> Result<()> {
     let embedder = args.model.load()?;
     let labels = args.labels.as_deref().map(Labels::load).transpose()?;
-    let job = IndexJob {
-        catalogue: &args.catalogue,
-        labels: labels.as_ref(),
-        out: &args.out,
-        element: args.element,
-        allow_shrink: args.allow_shrink,
-        show_progress: std::io::stderr().is_terminal(),
-    };
-    let report = indexer::index(&embedder, &job)?;
-    tracing::info!("wrote {}: {report}", args.out.display());
-    Ok(())
+    index(
+        &embedder,
+        &IndexJob {
+            catalogue: &args.catalogue,
+            labels: labels.as_ref(),
+            out: &args.out,
+            element: args.element,
+            allow_shrink: args.allow_shrink,
+            show_progress: std::io::stderr().is_terminal(),
+        },
+    )
 }
 
-/// Indexes `catalogue` into `out` (the demo's own table), refusing to shrink a table already
-/// there.
-fn index_into(
-    embedder: &Embedder,
-    catalogue: &Path,
-    labels: Option<&Labels>,
-    out: &Path,
-    element: Element,
-) -> Result<()> {
-    let job = IndexJob {
-        catalogue,
-        labels,
-        out,
-        element,
-        allow_shrink: false,
-        show_progress: std::io::stderr().is_terminal(),
-    };
-    let report = indexer::index(embedder, &job)?;
-    tracing::info!("wrote {}: {report}", out.display());
+/// Runs an index job and logs what it wrote.
+fn index(embedder: &Embedder, job: &IndexJob) -> Result<()> {
+    let report = indexer::index(embedder, job)?;
+    tracing::info!("wrote {}: {report}", job.out.display());
     Ok(())
 }
 
@@ -453,105 +438,27 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
     })
 }
 
-/// Visits each image of `dir` in name order (an error if there are none) with its file name,
-/// behind a progress bar on a terminal (nothing otherwise: logs and pipes stay clean) that `visit`
-/// prints around with `suspend`. Returns how many images there were.
-fn for_each_image(
-    dir: &Path,
-    mut visit: impl FnMut(&Path, &str, &indicatif::ProgressBar) -> Result<()>,
-) -> Result<usize> {
-    let mut images: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read image folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| preprocess::is_image_name(p))
-        .collect();
-    images.sort();
-    if images.is_empty() {
-        bail!("{} holds no images", dir.display());
-    }
-    let progress = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(images.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    for path in &images {
-        progress.inc(1);
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        visit(path, name, &progress)?;
-    }
-    progress.finish_and_clear();
-    Ok(images.len())
-}
-
 /// `foreground`: each frame's cut-out as a PNG (colour-corrected as a scan corrects it), one
 /// line per frame, then a count of each outcome.
 fn cmd_foreground(args: ForegroundArgs) -> Result<()> {
     let scenes = args.scene.open()?;
     let by_reference = scenes.shared.is_some() || scenes.reference_dir.is_some();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let (mut items, mut nothing, mut failed) = (0usize, 0usize, 0usize);
-    let frames = for_each_image(&args.images, |path, name, progress| {
-        let line = (|| -> Result<String> {
-            let frame = decode_file(path)?;
-            let calibration = scenes.for_frame(name)?;
-            if let Some(reason) = &calibration.card_refused {
-                progress.suspend(|| tracing::warn!("{name}: card refused: {reason}"));
-            }
-            let colour = scenes.correction(calibration.calibration.as_ref());
-            let options = query::Options {
-                reference: calibration.calibration.as_ref().map(|c| &c.scene),
-                colour: &colour,
-                region: None,
-                flip: false,
-                crops: false,
-            };
-            let subject = query::subject(&frame, &options)?;
-            Ok(match (subject.path, subject.bbox) {
-                (_, Some(bbox)) => {
-                    let out = args.out.join(Path::new(name).with_extension("png"));
-                    foreground::save_png(&out, &subject.image)?;
-                    items += 1;
-                    let (w, h) = frame.dimensions();
-                    format!(
-                        "{name}: item at ({}, {}) {}×{}, {:.1}% of the frame -> {}",
-                        bbox.0,
-                        bbox.1,
-                        bbox.2,
-                        bbox.3,
-                        100.0 * (bbox.2 * bbox.3) as f64 / (w * h) as f64,
-                        out.display()
-                    )
-                }
-                (FoundBy::Nothing, None) => {
-                    nothing += 1;
-                    format!("{name}: nothing to scan")
-                }
-                (_, None) => {
-                    nothing += 1;
-                    format!("{name}: nothing stands out (a scan embeds the centred square)")
-                }
-            })
-        })();
-        let line = line.unwrap_or_else(|e| {
-            failed += 1;
-            format!("{name}: skipped: {e:#}")
-        });
-        progress.suspend(|| println!("{line}"));
-        Ok(())
-    })?;
+    let tally = frames::cut_out_folder(
+        &args.images,
+        &scenes,
+        &args.out,
+        std::io::stderr().is_terminal(),
+        |line, progress| progress.suspend(|| println!("{line}")),
+    )?;
     let none = if by_reference {
         "nothing to scan"
     } else {
         "nothing stands out"
     };
-    eprintln!("{frames} frames: {items} items cut out, {none} in {nothing}, {failed} unreadable");
-    if failed == frames {
-        bail!("no frame of {} could be read", args.images.display());
-    }
+    eprintln!(
+        "{} frames: {} items cut out, {none} in {}, {} unreadable",
+        tally.frames, tally.items, tally.nothing, tally.unreadable
+    );
     Ok(())
 }
 
@@ -562,64 +469,43 @@ fn query_folder(
     dir: &Path,
     args: &QueryArgs,
 ) -> Result<()> {
+    let how = frames::LookUp {
+        flip: args.flip,
+        crops: args.crops,
+        top: args.top,
+    };
     let scenes = args.scene.open()?;
-    let (mut at1, mut at5, mut nothing, mut failed) = (0usize, 0usize, 0usize, 0usize);
-    let mut cards_refused = 0usize;
-    let mut totals = Vec::new();
-    let images = for_each_image(dir, |path, name, progress| {
-        let looked_up = (|| -> Result<query::QueryResult> {
-            let frame = scenes.for_frame(name)?;
-            if let Some(reason) = &frame.card_refused {
-                // The kiosk would refuse this card and keep its last calibration: this frame is
-                // looked up without one.
-                progress.suspend(|| tracing::warn!("{name}: card refused: {reason}"));
-                cards_refused += 1;
+    let show_progress = std::io::stderr().is_terminal();
+    let recall = frames::look_up_folder(
+        session,
+        table,
+        dir,
+        &scenes,
+        how,
+        show_progress,
+        |path, name, result, progress| {
+            if args.json {
+                let mut line = serde_json::to_value(result)?;
+                line.as_object_mut()
+                    .expect("a result is an object")
+                    .insert("image".into(), name.into());
+                progress.suspend(|| println!("{line}"));
+            } else {
+                progress.suspend(|| print_results(path, result));
             }
-            let calibration = frame.calibration;
-            let colour = scenes.correction(calibration.as_ref());
-            let options = query::Options {
-                reference: calibration.as_ref().map(|c| &c.scene),
-                colour: &colour,
-                region: None,
-                flip: args.flip,
-                crops: args.crops,
-            };
-            query::query_file(session, table, path, options, args.top)
-        })();
-        let result = match looked_up {
-            Ok(result) => result,
-            Err(e) => {
-                progress.suspend(|| tracing::warn!("skipped {}: {e:#}", path.display()));
-                failed += 1;
-                return Ok(());
-            }
-        };
-        let id = name.split(['_', '.']).next().unwrap_or_default();
-        let rank = result.results.iter().position(|r| r.id == id);
-        at1 += usize::from(rank == Some(0));
-        at5 += usize::from(rank.is_some_and(|r| r < 5));
-        nothing += usize::from(result.region == FoundBy::Nothing);
-        totals.push(result.latency_ms.total);
-        if args.json {
-            let mut line = serde_json::to_value(&result)?;
-            line.as_object_mut()
-                .expect("a result is an object")
-                .insert("image".into(), name.into());
-            progress.suspend(|| println!("{line}"));
-        } else {
-            progress.suspend(|| print_results(path, &result));
-        }
-        Ok(())
-    })?;
-    let scored = images - failed;
-    let share = |n: usize| n as f64 / scored.max(1) as f64;
-    totals.sort_by(f64::total_cmp);
+            Ok(())
+        },
+    )?;
     eprintln!(
-        "{scored} images ({failed} unreadable), top {}: Recall@1 {:.4}, Recall@5 {:.4}; nothing found in {nothing}; {cards_refused} cards refused; median {:.0} ms per image",
+        "{} images ({} unreadable), top {}: Recall@1 {:.4}, Recall@5 {:.4}; nothing found in {}; {} cards refused; median {:.0} ms per image",
+        recall.frames - recall.unreadable,
+        recall.unreadable,
         args.top,
-        share(at1),
-        share(at5),
-        totals.get(totals.len() / 2).copied().unwrap_or(0.0)
+        recall.at1_share(),
+        recall.at5_share(),
+        recall.nothing,
+        recall.cards_refused,
+        recall.median_ms
     );
     Ok(())
 }
@@ -708,7 +594,7 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     };
     let image = match args.image {
         Some(image) => image,
-        None => first_file(&resources::locate(resources::DEMO_DIR).join("photos"))?,
+        None => first_image(&resources::locate(resources::DEMO_DIR).join("photos"))?,
     };
     bench::run(&bench::BenchJob {
         models,
@@ -721,17 +607,14 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     })
 }
 
-fn first_file(dir: &Path) -> Result<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files
+/// The first image of `dir`, by the folder-listing rule.
+fn first_image(dir: &Path) -> Result<PathBuf> {
+    preprocess::list_images(dir, "image folder")?
+        .images
         .into_iter()
         .next()
-        .with_context(|| format!("{} holds no files", dir.display()))
+        .map(|(path, _)| path)
+        .with_context(|| format!("{} holds no images", dir.display()))
 }
 
 fn cmd_check(args: CheckArgs) -> Result<()> {
@@ -804,12 +687,16 @@ fn cmd_demo(args: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let table = out.join(format!("catalogue-{}.fkt", embedder.fingerprint().short()));
     let labels = Labels::load(&demo.join("labels.csv"))?;
-    index_into(
+    index(
         &embedder,
-        &demo.join("catalogue"),
-        Some(&labels),
-        &table,
-        Element::I8,
+        &IndexJob {
+            catalogue: &demo.join("catalogue"),
+            labels: Some(&labels),
+            out: &table,
+            element: Element::I8,
+            allow_shrink: false,
+            show_progress: std::io::stderr().is_terminal(),
+        },
     )?;
     drop(embedder);
     let config = Config::load(
