@@ -58,10 +58,7 @@ pub fn read_card(frame: &RgbImage, scene: &BackgroundModel, level: f32) -> Resul
     };
     let (cells, w, h) = foreground::cell_means(frame);
     let inner = foreground::eroded(&item.cells, w as usize, h as usize);
-    let mut inside: Vec<[f32; 3]> = (0..cells.len())
-        .filter(|&i| inner[i])
-        .map(|i| cells[i])
-        .collect();
+    let inside: Vec<usize> = (0..cells.len()).filter(|&i| inner[i]).collect();
     let share = item.coverage;
     ensure!(
         share >= MIN_CARD_SHARE && !inside.is_empty(),
@@ -69,12 +66,17 @@ pub fn read_card(frame: &RgbImage, scene: &BackgroundModel, level: f32) -> Resul
         100.0 * share
     );
     let typical: [f32; 3] = std::array::from_fn(|c| {
-        let mut channel: Vec<f32> = inside.iter().map(|v| v[c]).collect();
+        let mut channel: Vec<f32> = inside.iter().map(|&i| cells[i][c]).collect();
         foreground::median_of(&mut channel)
     });
-    let total = inside.len();
-    inside.retain(|v| (0..3).all(|c| (v[c] - typical[c]).abs() <= PLAIN_TOLERANCE * typical[c]));
-    let plain = inside.len() as f32 / total as f32;
+    let plain_cells: Vec<usize> = inside
+        .iter()
+        .copied()
+        .filter(|&i| {
+            (0..3).all(|c| (cells[i][c] - typical[c]).abs() <= PLAIN_TOLERANCE * typical[c])
+        })
+        .collect();
+    let plain = plain_cells.len() as f32 / inside.len() as f32;
     ensure!(
         plain >= MIN_PLAIN_SHARE,
         "the card is not plain (only {:.0}% of it is one colour): use a plain matte card, not a \
@@ -82,12 +84,6 @@ pub fn read_card(frame: &RgbImage, scene: &BackgroundModel, level: f32) -> Resul
         100.0 * plain
     );
     // The median of the plain part's pixels: right as long as under half of them clip.
-    let plain_cells: Vec<usize> = (0..cells.len())
-        .filter(|&i| inner[i])
-        .filter(|&i| {
-            (0..3).all(|c| (cells[i][c] - typical[c]).abs() <= PLAIN_TOLERANCE * typical[c])
-        })
-        .collect();
     let colour = median_colour(frame, &plain_cells, w);
     check_neutral_light("card", colour)?;
     // The card frame's light may have drifted from the empty scene's: take that out.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 
 use crate::calibration::SceneFiles;
@@ -149,8 +149,7 @@ pub fn cut_out_folder(
     show_progress: bool,
     mut on_line: impl FnMut(&str, &ProgressBar),
 ) -> Result<CutOuts> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut tally = CutOuts::default();
     tally.frames = for_each_image(dir, show_progress, |path, name, progress| {
         let line = (|| -> Result<String> {
