@@ -272,6 +272,16 @@ fn get_u64(buf: &[u8], at: usize) -> u64 {
 /// permissions of any newly created file (0666 less the umask), not the temporary file's 0600, so
 /// a table an installer writes stays readable by the service.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_as(path, bytes, None)
+}
+
+/// [`write_atomically`], with the file's permissions set to `mode` whatever the umask (a file
+/// another service's user reads, such as the metrics for node-exporter's textfile collector).
+pub fn write_atomically_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomically_as(path, bytes, Some(mode))
+}
+
+fn write_atomically_as(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -286,6 +296,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
             .suffix(".tmp")
             .permissions(std::fs::Permissions::from_mode(0o666))
             .tempfile_in(&dir)?;
+        if let Some(mode) = mode {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path)?;
@@ -455,6 +469,12 @@ impl Table {
             bytes,
             vectors_offset,
         })
+    }
+
+    /// The table's content id: its header checksum (which covers the data checksum), as 8 hex
+    /// digits. Two tables with the same id hold the same items and vectors.
+    pub fn content_id(&self) -> String {
+        format!("{:08x}", get_u32(self.bytes.as_bytes(), 92))
     }
 
     /// Refuses the table unless it was made by the model with `fingerprint`; the message names

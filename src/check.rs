@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::device::camera::CameraControl;
 use crate::device::Camera;
 use crate::device::{self, Screen};
+use crate::health::{self, CatalogueHealth, Health, ModelHealth, Part};
 use crate::model::Embedder;
 use crate::scanlog::ScanLog;
 
@@ -164,11 +165,24 @@ fn controls_finding(camera: &mut dyn Camera, stored: &[ControlSetting]) -> Resul
     })
 }
 
-/// Checks every part of `config`; a failing part does not stop the others.
-pub fn check(config: &Config) -> Vec<Finding> {
+/// Checks every part of `config`; a failing part does not stop the others. Also returns the
+/// kiosk's health as these checks found it (the kiosk's own health file has the same shape).
+pub fn check(config: &Config) -> (Vec<Finding>, Health) {
     let mut findings = Vec::new();
+    let mut health = Health {
+        version: env!("CARGO_PKG_VERSION").into(),
+        updated: health::now_rfc3339(),
+        status: "checked".into(),
+        ..Health::default()
+    };
     let manifest = config.model.manifest_path();
     let embedder = Embedder::load(&manifest);
+    if let Ok(embedder) = &embedder {
+        health.model = Some(ModelHealth {
+            name: embedder.manifest().name.clone(),
+            fingerprint: embedder.fingerprint().to_string(),
+        });
+    }
     findings.push(finding(
         "model",
         embedder
@@ -184,9 +198,13 @@ pub fn check(config: &Config) -> Vec<Finding> {
             }),
     ));
     let table = match &embedder {
-        Ok(embedder) => embedder
-            .load_table(&config.catalogue.table)
-            .map(|t| format!("{} ({} items)", config.catalogue.table.display(), t.len())),
+        Ok(embedder) => embedder.load_table(&config.catalogue.table).map(|t| {
+            health.catalogue = Some(CatalogueHealth {
+                items: t.len(),
+                fingerprint: t.content_id(),
+            });
+            format!("{} ({} items)", config.catalogue.table.display(), t.len())
+        }),
         Err(_) => Err(anyhow::anyhow!(
             "{}: not checked without a model",
             config.catalogue.table.display()
@@ -224,7 +242,11 @@ pub fn check(config: &Config) -> Vec<Finding> {
             (Err(e), _) | (_, Err(e)) => Err(anyhow!("{e:#}")),
         },
     ));
+    health.camera = part(findings.last());
     let frame = frame.ok().map(|(frame, _)| frame);
+    if let Ok(Some(calibration)) = &calibration {
+        health.calibrated = calibration.taken.clone();
+    }
     findings.push(finding(
         "scene",
         scene_finding(config, calibration.as_ref(), frame.as_ref()),
@@ -267,6 +289,7 @@ pub fn check(config: &Config) -> Vec<Finding> {
             None => Ok("none (headless)".into()),
         }),
     ));
+    health.display = part(findings.last());
     findings.push(finding(
         "scan log",
         match &config.scan_log.path {
@@ -275,5 +298,14 @@ pub fn check(config: &Config) -> Vec<Finding> {
             None => Ok("off".into()),
         },
     ));
-    findings
+    (findings, health)
+}
+
+/// A finding as a device's health.
+fn part(finding: Option<&Finding>) -> Part {
+    match finding.map(|f| &f.outcome) {
+        Some(Ok(detail)) => Part::up(detail.clone()),
+        Some(Err(reason)) => Part::down(reason.clone()),
+        None => Part::down("not checked"),
+    }
 }

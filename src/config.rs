@@ -27,6 +27,10 @@ pub struct Config {
     pub kiosk: KioskConfig,
     #[serde(default)]
     pub scan_log: ScanLogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The broker uplink (`fashion-kiosk uplink`, its own service); the kiosk ignores it.
+    pub uplink: Option<UplinkConfig>,
 }
 
 /// `[model]`: which network embeds the frames.
@@ -301,6 +305,131 @@ impl Default for ScanLogConfig {
     }
 }
 
+/// `[metrics]`: the kiosk's health for monitoring, as files (the kiosk has no network).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Folder for `fashion-kiosk.prom` (Prometheus text format; node-exporter's textfile
+    /// collector folder, on Debian `/var/lib/prometheus/node-exporter`) and `fashion-kiosk.json`
+    /// (the same health as JSON, which the uplink publishes); omitted = none written.
+    pub folder: Option<PathBuf>,
+}
+
+/// `[uplink]`: the MQTT broker that `fashion-kiosk uplink` publishes the scan log and the
+/// kiosk's health to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    /// Broker host name or address.
+    pub broker: String,
+    /// Broker port (default 1883, or 8883 with TLS).
+    pub port: Option<u16>,
+    /// TLS to the broker (rustls), verified against `ca_file` or the system's roots.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the certificate authorities to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// TOML file with `username` and `password` (kept out of this file; mode 0640 or tighter).
+    pub credentials: Option<PathBuf>,
+    /// This kiosk's name in topics (default: the host name).
+    pub kiosk_id: Option<String>,
+    /// MQTT client id (default `fashion-kiosk-KIOSK_ID`).
+    pub client_id: Option<String>,
+    /// Topic prefix: topics are `PREFIX/KIOSK_ID/{scans,available,state,stats}`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Where the uplink keeps what the broker has acknowledged.
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint: PathBuf,
+    /// Seconds between `stats` messages.
+    #[serde(default = "default_stats_secs")]
+    pub stats_secs: f64,
+    /// MQTT keep-alive, seconds.
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// Longest wait between reconnection attempts, seconds (the wait doubles from 1 s).
+    #[serde(default = "default_retry_max_secs")]
+    pub retry_max_secs: f64,
+    /// Publish Home Assistant MQTT discovery (retained) for the kiosk's sensors.
+    #[serde(default)]
+    pub home_assistant: bool,
+    /// Home Assistant's discovery prefix.
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+}
+
+fn default_prefix() -> String {
+    "fashion-kiosk".into()
+}
+fn default_checkpoint() -> PathBuf {
+    PathBuf::from("/var/lib/fashion-kiosk-uplink/checkpoint.json")
+}
+fn default_stats_secs() -> f64 {
+    60.0
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_retry_max_secs() -> f64 {
+    60.0
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+impl UplinkConfig {
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 8883 } else { 1883 })
+    }
+
+    /// Checks the uplink's values; the error names the field.
+    fn validate(&self) -> Result<()> {
+        if self.broker.trim().is_empty() {
+            bail!("uplink.broker is empty: name the MQTT broker's host");
+        }
+        if self.port == Some(0) {
+            bail!("uplink.port = 0: must be 1–65535");
+        }
+        let topic_safe = |s: &str| !s.is_empty() && !s.contains(['+', '#', '\0']);
+        if !topic_safe(&self.prefix) || self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+            bail!(
+                "uplink.prefix = {:?}: must be a topic without `+`, `#` or a leading or trailing `/`",
+                self.prefix
+            );
+        }
+        if let Some(id) = &self.kiosk_id {
+            if !topic_safe(id) || id.contains('/') {
+                bail!("uplink.kiosk_id = {id:?}: must be one topic level (no `/`, `+`, `#`)");
+            }
+        }
+        if let Some(id) = &self.client_id {
+            if id.is_empty() || id.len() > 128 {
+                bail!("uplink.client_id = {id:?}: must be 1–128 characters");
+            }
+        }
+        if !(self.stats_secs.is_finite() && (1.0..=86400.0).contains(&self.stats_secs)) {
+            bail!("uplink.stats_secs = {}: must be 1–86400", self.stats_secs);
+        }
+        if !(5..=3600).contains(&self.keep_alive_secs) {
+            bail!(
+                "uplink.keep_alive_secs = {}: must be 5–3600",
+                self.keep_alive_secs
+            );
+        }
+        if !(self.retry_max_secs.is_finite() && (1.0..=3600.0).contains(&self.retry_max_secs)) {
+            bail!(
+                "uplink.retry_max_secs = {}: must be 1–3600",
+                self.retry_max_secs
+            );
+        }
+        if self.ca_file.is_some() && !self.tls {
+            bail!("uplink.ca_file is set but uplink.tls = false: set tls = true to use it");
+        }
+        Ok(())
+    }
+}
+
 /// Command-line values that replace the file's.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -360,6 +489,18 @@ impl Config {
         }
         if let Some(p) = self.scene.reference.as_mut() {
             fix(p)
+        }
+        if let Some(p) = self.metrics.folder.as_mut() {
+            fix(p)
+        }
+        if let Some(uplink) = self.uplink.as_mut() {
+            fix(&mut uplink.checkpoint);
+            for p in [uplink.ca_file.as_mut(), uplink.credentials.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                fix(p)
+            }
         }
     }
 
@@ -485,6 +626,9 @@ impl Config {
         }
         if self.model.threads > 256 {
             bail!("model.threads = {}: must be 0–256", self.model.threads);
+        }
+        if let Some(uplink) = &self.uplink {
+            uplink.validate()?;
         }
         Ok(())
     }

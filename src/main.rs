@@ -43,6 +43,9 @@ enum Command {
     Run(RunArgs),
     /// Try the model, table, camera, trigger, display and scan log of a config: ok or failing.
     Check(CheckArgs),
+    /// Publish the scan log and the kiosk's health to an MQTT broker (`[uplink]`), until
+    /// SIGTERM: the fleet's link, run as its own service.
+    Uplink(UplinkArgs),
     /// Capture the empty scene (nobody in view) as the reference that finds items in frames.
     Calibrate(CalibrateArgs),
     /// Cut the item out of camera frames as a scan does (by the difference to the empty scene, or
@@ -295,6 +298,15 @@ struct RunArgs {
 struct CheckArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Print the findings and the kiosk's health as one JSON object (for fleet tooling).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct UplinkArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -369,6 +381,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => cmd_bench(args),
         Command::Run(args) => kiosk::run(&args.config.load()?),
         Command::Check(args) => cmd_check(args),
+        Command::Uplink(args) => cmd_uplink(args),
         Command::Calibrate(args) => cmd_calibrate(args),
         Command::Foreground(args) => cmd_foreground(args),
         Command::Demo(args) => cmd_demo(args),
@@ -619,9 +632,25 @@ fn first_image(dir: &Path) -> Result<PathBuf> {
 
 fn cmd_check(args: CheckArgs) -> Result<()> {
     let config = args.config.load()?;
-    println!("config     ok    {}", args.config.config.display());
-    let findings = check::check(&config);
-    for f in &findings {
+    let (findings, health) = check::check(&config);
+    if args.json {
+        let parts: Vec<serde_json::Value> = findings
+            .iter()
+            .map(|f| match &f.outcome {
+                Ok(detail) => serde_json::json!({"part": f.part, "ok": true, "detail": detail}),
+                Err(reason) => serde_json::json!({"part": f.part, "ok": false, "detail": reason}),
+            })
+            .collect();
+        let report = serde_json::json!({
+            "ok": findings.iter().all(|f| f.outcome.is_ok()),
+            "parts": parts,
+            "health": health,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("config     ok    {}", args.config.config.display());
+    }
+    for f in findings.iter().filter(|_| !args.json) {
         match &f.outcome {
             Ok(detail) => println!("{:<10} ok    {detail}", f.part),
             Err(reason) => println!("{:<10} FAIL  {reason}", f.part),
@@ -632,6 +661,11 @@ fn cmd_check(args: CheckArgs) -> Result<()> {
         bail!("{failed} of {} parts failing", findings.len());
     }
     Ok(())
+}
+
+fn cmd_uplink(args: UplinkArgs) -> Result<()> {
+    let config = args.config.load()?;
+    fashion_kiosk::uplink::run(&config)
 }
 
 fn cmd_calibrate(args: CalibrateArgs) -> Result<()> {

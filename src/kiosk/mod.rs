@@ -24,6 +24,7 @@ use crate::calibration::Calibration;
 use crate::colour;
 use crate::config::Config;
 use crate::device::{self, Display, Screen};
+use crate::health::{CatalogueHealth, ModelHealth, Monitor, Part, ScanOutcome};
 use crate::model::Embedder;
 use crate::query::{ms, FoundBy};
 use crate::scanlog::ScanLog;
@@ -64,12 +65,20 @@ fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Shows a start-up failure and returns it (the service exits; systemd restarts it later).
-fn startup_failure(title: &str, screens: &mut Screens, err: anyhow::Error) -> anyhow::Error {
+/// Shows a start-up failure, and records it for monitoring, and returns it (the service exits;
+/// systemd restarts it later).
+fn startup_failure(
+    title: &str,
+    screens: &mut Screens,
+    monitor: &mut Monitor,
+    err: anyhow::Error,
+) -> anyhow::Error {
     let _ = screens.show(&Screen::Message {
         title: title.into(),
         detail: format!("{err:#}"),
     });
+    monitor.set_status(format!("failed: {title}: {err:#}"));
+    monitor.publish();
     err
 }
 
@@ -93,6 +102,12 @@ pub fn run(config: &Config) -> Result<()> {
         }
         Err(e) => (None, Some(format!("{e:#}"))),
     };
+    let mut monitor = Monitor::new(config.metrics.folder.as_deref())?;
+    monitor.set_display(match (&display, &display_fault) {
+        (Some(display), _) => Part::up(display.describe()),
+        (None, Some(fault)) => Part::down(fault.clone()),
+        (None, None) => Part::up("none configured (headless)"),
+    });
     let mut screens = Screens {
         display,
         shown: None,
@@ -103,15 +118,23 @@ pub fn run(config: &Config) -> Result<()> {
     });
 
     let manifest = config.model.manifest_path();
-    let embedder =
-        Embedder::load(&manifest).map_err(|e| startup_failure("No model", &mut screens, e))?;
+    let embedder = Embedder::load(&manifest)
+        .map_err(|e| startup_failure("No model", &mut screens, &mut monitor, e))?;
+    monitor.set_model(ModelHealth {
+        name: embedder.manifest().name.clone(),
+        fingerprint: embedder.fingerprint().to_string(),
+    });
     let table = embedder
         .load_table(&config.catalogue.table)
-        .map_err(|e| startup_failure("No catalogue", &mut screens, e))?;
+        .map_err(|e| startup_failure("No catalogue", &mut screens, &mut monitor, e))?;
     let session = embedder
         .session()
-        .map_err(|e| startup_failure("No model", &mut screens, e))?;
+        .map_err(|e| startup_failure("No model", &mut screens, &mut monitor, e))?;
     let items = table.len();
+    monitor.set_catalogue(CatalogueHealth {
+        items,
+        fingerprint: table.content_id(),
+    });
     tracing::info!(
         "model {} ({}), catalogue {} with {items} items",
         embedder.manifest().name,
@@ -119,6 +142,7 @@ pub fn run(config: &Config) -> Result<()> {
         config.catalogue.table.display()
     );
     let calibration = load_calibration(config);
+    monitor.set_calibrated(calibration.as_ref().and_then(|c| c.taken.clone()));
     let colour = calibration
         .as_ref()
         .map(|c| c.correction(&config.scene.colour()))
@@ -126,13 +150,13 @@ pub fn run(config: &Config) -> Result<()> {
     let mut scan_log = match &config.scan_log.path {
         Some(path) => Some(
             ScanLog::open(path, config.scan_log.max_bytes, config.scan_log.keep)
-                .map_err(|e| startup_failure("Scan log", &mut screens, e))?,
+                .map_err(|e| startup_failure("Scan log", &mut screens, &mut monitor, e))?,
         ),
         None => None,
     };
     let trigger = device::open_trigger(&config.trigger, config.kiosk.debounce())
         .context("cannot open the trigger")
-        .map_err(|e| startup_failure("No button", &mut screens, e))?;
+        .map_err(|e| startup_failure("No button", &mut screens, &mut monitor, e))?;
     match trigger {
         Some(trigger) => {
             tracing::info!("trigger: {} (and SIGUSR1)", trigger.describe());
@@ -187,6 +211,8 @@ pub fn run(config: &Config) -> Result<()> {
     ]);
     let boot = boot_id();
     tracing::info!("ready: press to scan (boot {boot})");
+    monitor.set_status("running");
+    monitor.publish();
 
     let mut io = Io {
         boot,
@@ -195,6 +221,7 @@ pub fn run(config: &Config) -> Result<()> {
         requests,
         scan_log: &mut scan_log,
         screens,
+        monitor,
         finished: None,
     };
     let mut pending: VecDeque<Event> = VecDeque::new();
@@ -202,17 +229,18 @@ pub fn run(config: &Config) -> Result<()> {
         pending.push_back(Event::DisplayFailed(fault));
     }
     if let Some(result) = io.perform(effects, &mut pending) {
-        return result;
+        return io.stopped(result);
     }
     loop {
         let now = Instant::now();
         let mut effects = core.tick(now);
         while let Some(event) = pending.pop_front() {
+            io.observe(&event);
             effects.extend(core.on(event, now));
         }
         if let Some(result) = io.perform(effects, &mut pending) {
             let _ = io.screens.show(&core.screen(Instant::now()));
-            return result;
+            return io.stopped(result);
         }
         if !pending.is_empty() {
             continue;
@@ -229,7 +257,7 @@ pub fn run(config: &Config) -> Result<()> {
             Ok(Input::Report(report)) => pending.push_back(io.receive(report)),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(anyhow!("every event source has stopped"))
+                return io.stopped(Err(anyhow!("every event source has stopped")))
             }
         }
     }
@@ -267,11 +295,49 @@ struct Io<'a> {
     requests: Sender<Request>,
     scan_log: &'a mut Option<ScanLog>,
     screens: Screens,
+    /// The health for monitoring, written after each scan and watchdog tick.
+    monitor: Monitor,
     /// The last finished scan, until its log line is written.
     finished: Option<Box<ScanReport>>,
 }
 
 impl Io<'_> {
+    /// Notes what `event` says of the kiosk's health; a change is written at once.
+    fn observe(&mut self, event: &Event) {
+        let monitor = &mut self.monitor;
+        match event {
+            Event::CameraProbed(Ok(name)) => monitor.set_camera(Part::up(name.clone())),
+            Event::CameraProbed(Err(message)) | Event::Scanned(Outcome::CameraLost(message)) => {
+                monitor.set_camera(Part::down(message.clone()))
+            }
+            Event::Scanned(Outcome::Results(_) | Outcome::Nothing) => {
+                if !monitor.health().camera.up {
+                    let detail = monitor.health().camera.detail.clone();
+                    monitor.set_camera(Part::up(detail));
+                }
+                return;
+            }
+            Event::DisplayFailed(message) => monitor.set_display(Part::down(message.clone())),
+            Event::DisplayBack(name) => monitor.set_display(Part::up(name.clone())),
+            Event::Reloaded(Err(_)) => monitor.reload_failed(),
+            Event::Calibrated(Ok(_)) => monitor.set_calibrated(
+                load_calibration(self.config).and_then(|calibration| calibration.taken),
+            ),
+            _ => return,
+        }
+        monitor.publish();
+    }
+
+    /// Records that the service stops, with `result`, and returns it.
+    fn stopped(&mut self, result: Result<()>) -> Result<()> {
+        match &result {
+            Ok(()) => self.monitor.set_status("stopped"),
+            Err(e) => self.monitor.set_status(format!("failed: {e:#}")),
+        }
+        self.monitor.publish();
+        result
+    }
+
     /// A worker's report, as the core's event (a finished scan is kept for its log line).
     fn receive(&mut self, report: Report) -> Event {
         match report {
@@ -317,7 +383,13 @@ impl Io<'_> {
                             boot: &self.boot,
                             scan,
                         };
-                        log_scan(self.scan_log.as_mut(), scan, *report, coalesced);
+                        log_scan(
+                            self.scan_log.as_mut(),
+                            &mut self.monitor,
+                            scan,
+                            *report,
+                            coalesced,
+                        );
                     }
                     continue;
                 }
@@ -330,7 +402,10 @@ impl Io<'_> {
                         Notice::Status(status) => {
                             notify(&[sd_notify::NotifyState::Status(&status)])
                         }
-                        Notice::Watchdog => notify(&[sd_notify::NotifyState::Watchdog]),
+                        Notice::Watchdog => {
+                            notify(&[sd_notify::NotifyState::Watchdog]);
+                            self.monitor.publish();
+                        }
                         Notice::Stopping => notify(&[sd_notify::NotifyState::Stopping]),
                     }
                     continue;
@@ -351,6 +426,11 @@ impl Io<'_> {
             Ok(table) => {
                 let items = table.len();
                 tracing::info!("reloaded {}: {items} items", path.display());
+                self.monitor.set_catalogue(CatalogueHealth {
+                    items,
+                    fingerprint: table.content_id(),
+                });
+                self.monitor.publish();
                 let _ = self.requests.send(Request::SetTable(Arc::new(table)));
                 Ok(items)
             }
@@ -422,7 +502,13 @@ struct LoggedItem<'a> {
 
 /// Logs a finished scan to the scan log, synced, then to the journal (so that a scan the journal
 /// reports is in the scan log, unless the journal says it could not be written).
-fn log_scan(scan_log: Option<&mut ScanLog>, key: ScanKey, mut report: ScanReport, coalesced: u32) {
+fn log_scan(
+    scan_log: Option<&mut ScanLog>,
+    monitor: &mut Monitor,
+    key: ScanKey,
+    mut report: ScanReport,
+    coalesced: u32,
+) {
     let scan = key.scan;
     report.latency.total = ms(report.pressed, Instant::now());
     let (outcome, error, results): (_, _, Vec<LoggedItem>) = match &report.outcome {
@@ -466,6 +552,23 @@ fn log_scan(scan_log: Option<&mut ScanLog>, key: ScanKey, mut report: ScanReport
             tracing::error!("scan {scan} not logged: {e:#}");
         }
     }
+    let latency = &report.latency;
+    monitor.record_scan(
+        match outcome {
+            "ok" => ScanOutcome::Ok,
+            "nothing" => ScanOutcome::Nothing,
+            _ => ScanOutcome::Error,
+        },
+        &[
+            ("capture", latency.capture / 1000.0),
+            ("foreground", latency.foreground / 1000.0),
+            ("preprocess", latency.preprocess / 1000.0),
+            ("embed", latency.embed / 1000.0),
+            ("search", latency.search / 1000.0),
+            ("total", latency.total / 1000.0),
+        ],
+    );
+    monitor.publish();
     match (results.first(), error) {
         (Some(best), _) => tracing::info!(
             "scan {scan}: {} ({:.3}) … in {:.0} ms",
