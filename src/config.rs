@@ -742,6 +742,33 @@ mod tests {
             pi.display,
             DisplayConfig::Ssd1306 { address: 0x3c, .. }
         ));
+        // The commented [uplink] example, uncommented, is valid too.
+        let text = include_str!("../systemd/kiosk.toml");
+        let start = text.find("# [uplink]").expect("an [uplink] example");
+        let uncommented: String = text[start..]
+            .lines()
+            .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or(line)))
+            .collect();
+        let with_uplink = Config::parse(&format!("{}{uncommented}", &text[..start])).unwrap();
+        with_uplink.validate().unwrap();
+        let uplink = with_uplink.uplink.unwrap();
+        assert_eq!((uplink.port(), uplink.tls), (8883, true));
+    }
+
+    #[test]
+    fn uplink_errors_name_the_field() {
+        for (uplink, field) in [
+            ("broker = \"\"", "uplink.broker"),
+            ("broker = \"b\"\nprefix = \"a/#\"", "uplink.prefix"),
+            ("broker = \"b\"\nkiosk_id = \"a/b\"", "uplink.kiosk_id"),
+            ("broker = \"b\"\nstats_secs = 0", "uplink.stats_secs"),
+            ("broker = \"b\"\nca_file = \"ca.pem\"", "uplink.ca_file"),
+            ("broker = \"b\"\nport = 0", "uplink.port"),
+        ] {
+            let config = Config::parse(&format!("{MINIMAL}\n[uplink]\n{uplink}\n")).unwrap();
+            let err = format!("{:#}", config.validate().unwrap_err());
+            assert!(err.contains(field), "{uplink:?}: {err}");
+        }
     }
 
     #[test]

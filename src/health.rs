@@ -343,6 +343,8 @@ impl Monitor {
         let Some(folder) = &self.folder else {
             return Ok(());
         };
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create metrics folder {}", folder.display()))?;
         self.health.updated = now_rfc3339();
         let json = serde_json::to_vec_pretty(&self.health).context("cannot encode the health")?;
         write_atomically_with_mode(&folder.join(JSON_FILE), &json, 0o644)?;

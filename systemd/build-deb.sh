@@ -21,6 +21,7 @@ root=target/debian/root-$arch
 rm -rf "$root"
 install -Dm755 "$binary" "$root/usr/bin/fashion-kiosk"
 install -Dm644 systemd/fashion-kiosk.service "$root/lib/systemd/system/fashion-kiosk.service"
+install -Dm644 systemd/fashion-kiosk-uplink.service "$root/lib/systemd/system/fashion-kiosk-uplink.service"
 install -Dm644 systemd/kiosk.toml "$root/etc/fashion-kiosk/kiosk.toml"
 share=$root/usr/share/fashion-kiosk
 for file in fashion-resnet50-int8.onnx fashion-resnet50-int8.manifest.json; do

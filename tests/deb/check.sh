@@ -21,6 +21,7 @@ echo "control: $(dpkg-deb -f "$deb" Package Version Architecture Depends | tr '\
 
 dpkg-deb --contents "$deb" > "$work/contents"
 for path in ./usr/bin/fashion-kiosk ./lib/systemd/system/fashion-kiosk.service \
+    ./lib/systemd/system/fashion-kiosk-uplink.service \
     ./etc/fashion-kiosk/kiosk.toml \
     ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.onnx \
     ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.manifest.json \
@@ -49,9 +50,11 @@ echo "binary: $machine, $(stat -c %s "$root/usr/bin/fashion-kiosk") bytes; model
 mkdir -p "$root/bin" "$root/etc/systemd/system"
 cp /bin/kill "$root/bin/kill"
 cp -an /lib/systemd/system/. "$root/lib/systemd/system/"
-verify=$(systemd-analyze verify --root="$root" fashion-kiosk.service 2>&1) || fail "systemd-analyze verify: $verify"
-[ -z "$verify" ] || fail "systemd-analyze verify warned: $verify"
-echo "unit: systemd-analyze verify clean"
+for unit in fashion-kiosk.service fashion-kiosk-uplink.service; do
+    verify=$(systemd-analyze verify --root="$root" "$unit" 2>&1) || fail "systemd-analyze verify $unit: $verify"
+    [ -z "$verify" ] || fail "systemd-analyze verify $unit warned: $verify"
+done
+echo "units: systemd-analyze verify clean"
 
 # Maintainer scripts, run with stubs that record each command instead of changing the system.
 stubs=$work/stubs
@@ -67,6 +70,10 @@ for group in video i2c gpio; do
     grep -qx "adduser --quiet fashion-kiosk $group" "$work/calls" || fail "postinst does not add the user to $group"
 done
 grep -qx 'deb-systemd-helper enable fashion-kiosk.service' "$work/calls" || fail "postinst does not enable the unit"
+grep -qx 'adduser --quiet --system --group --no-create-home --home /var/lib/fashion-kiosk-uplink --gecos fashion-kiosk uplink fashion-kiosk-uplink' "$work/calls" \
+    || fail "postinst does not create the uplink's user"
+grep -qx 'adduser --quiet fashion-kiosk-uplink fashion-kiosk' "$work/calls" || fail "the uplink's user cannot read the scan log"
+! grep -q 'enable fashion-kiosk-uplink' "$work/calls" || fail "postinst enables the uplink, which needs a broker first"
 grep -q '^install -d -o fashion-kiosk -g fashion-kiosk -m 0750 /var/lib/fashion-kiosk /var/log/fashion-kiosk$' "$work/calls" \
     || fail "postinst does not make the state and log folders"
 : > "$work/calls"
@@ -76,7 +83,8 @@ grep -qx 'deb-systemd-helper mask fashion-kiosk.service' "$work/calls" || fail "
 ! grep -q '^rm \|^deluser' "$work/calls" || fail "postrm remove deletes data"
 : > "$work/calls"
 PATH="$stubs:$PATH" sh "$work/postrm" purge
-grep -qx 'rm -rf /var/lib/fashion-kiosk /var/log/fashion-kiosk' "$work/calls" || fail "postrm purge keeps the data"
+grep -qx 'rm -rf /var/lib/fashion-kiosk /var/log/fashion-kiosk /var/lib/fashion-kiosk-uplink' "$work/calls" || fail "postrm purge keeps the data"
+grep -qx 'deluser --quiet --system fashion-kiosk-uplink' "$work/calls" || fail "postrm purge keeps the uplink's user"
 grep -qx 'deb-systemd-helper purge fashion-kiosk.service' "$work/calls" || fail "postrm purge keeps the unit state"
 echo "maintainer scripts: user, groups, folders and unit on configure; data kept on remove, gone on purge"
 
