@@ -583,6 +583,28 @@ fn check_reports_each_part_and_fails_on_a_missing_camera() {
     assert!(stdout
         .lines()
         .any(|l| l.starts_with("model") && l.contains(" ok ")));
+
+    // The same as JSON for fleet tooling: the findings and the health they amount to.
+    let out = common::fashion_kiosk()
+        .args(["check", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let camera = report["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["part"] == "camera")
+        .unwrap();
+    assert_eq!(camera["ok"], false);
+    let health = &report["health"];
+    assert_eq!(health["camera"]["up"], false);
+    assert_eq!(health["display"]["up"], true);
+    assert_eq!(health["catalogue"]["items"], 6);
+    assert_eq!(health["model"]["fingerprint"].as_str().unwrap().len(), 64);
 }
 
 /// A store-like empty scene: a gradient wall with a few blocks, and mild noise of its own.

@@ -109,6 +109,37 @@ fn a_log_rotated_while_the_uplink_is_behind_loses_nothing() {
 }
 
 #[test]
+fn home_assistant_discovery_is_published_retained_when_asked() {
+    let port = free_port();
+    let kiosk = Kiosk::new(
+        port,
+        "home_assistant = true\ndiscovery_prefix = \"test/ha\"",
+        1 << 20,
+        3,
+    );
+    let broker = Broker::start(kiosk.dir.path(), port, &BrokerOptions::default());
+    let mut uplink = kiosk.start_uplink();
+    uplink.wait_for_journal("connected to");
+    // A Home Assistant that starts later finds the kiosk's entities.
+    let home_assistant = Subscriber::named(port, "home-assistant");
+    home_assistant.wait_for("4 discovery messages", |s| {
+        s.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic.starts_with("test/ha/") && m.retain)
+            .count()
+            >= 4
+    });
+    let camera = home_assistant.on("test/ha/binary_sensor/fashion_kiosk_k1/camera/config");
+    let config: serde_json::Value = serde_json::from_str(&camera[0].payload).unwrap();
+    assert_eq!(config["state_topic"], "test/k1/state");
+    assert_eq!(config["availability_topic"], "test/k1/available");
+    uplink.kill("TERM");
+    broker.stop();
+}
+
+#[test]
 fn the_last_will_says_offline_when_the_uplink_dies() {
     let port = free_port();
     let kiosk = Kiosk::new(port, "", 1 << 20, 3);
