@@ -527,6 +527,23 @@ impl Table {
         &self.bytes.as_bytes()[self.vectors_offset..]
     }
 
+    /// The position of metadata column `name`, if the table has it.
+    pub fn column(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c == name)
+    }
+
+    /// Cosine similarity of `query` (unit norm) to the stored vector of item `index`.
+    pub fn score(&self, query: &[f32], index: usize) -> f32 {
+        match self.element {
+            Element::I8 => {
+                let (scale, codes) = self.i8_row(index);
+                dot_i8(query, codes) * scale
+            }
+            Element::F16 => dot(query, &self.vector(index)),
+            Element::F32 => dot(query, self.f32_row(index)),
+        }
+    }
+
     /// The stored vector of item `index`, decoded to f32.
     pub fn vector(&self, index: usize) -> Vec<f32> {
         let mut out = vec![0.0; self.dim];

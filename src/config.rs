@@ -31,6 +31,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The broker uplink (`fashion-kiosk uplink`, its own service); the kiosk ignores it.
     pub uplink: Option<UplinkConfig>,
+    /// Re-ranking and "goes with"; without it a scan shows the visual look-alikes.
+    pub recommend: Option<RecommendConfig>,
 }
 
 /// `[model]`: which network embeds the frames.
@@ -315,6 +317,102 @@ pub struct MetricsConfig {
     pub folder: Option<PathBuf>,
 }
 
+/// `[recommend]`: how the visual look-alikes become recommendations (see `src/recommend/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecommendConfig {
+    /// Visual candidates re-ranked.
+    pub candidates: usize,
+    /// Leave out other genders than the scanned item's (Unisex always passes).
+    pub gender: bool,
+    /// The store's stock CSV (`id,in_stock` or `id,quantity`); reloaded with the table.
+    pub stock: Option<PathBuf>,
+    /// The co-scan sidecar made by `fashion-kiosk trends`; reloaded with the table.
+    pub trends: Option<PathBuf>,
+    /// Items of one articleType at least this alike (cosine) are variants: one stays.
+    pub variants: Option<f32>,
+    /// λ of maximal marginal relevance: 1 = relevance only, lower = more varied.
+    pub diversity: f32,
+    /// The scan's best match stays first when its score is at least this.
+    pub confident: f32,
+    /// Weight of the co-scan score (and a quarter of it for popularity) against the visual.
+    pub co_scan_weight: f32,
+    /// A press while results are shown shows what goes with the scanned item.
+    pub goes_with: bool,
+    /// subCategory → the complementary subCategories "goes with" shows, in order.
+    pub complements: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for RecommendConfig {
+    fn default() -> Self {
+        let complements = [
+            ("Topwear", &["Bottomwear", "Shoes", "Watches"][..]),
+            ("Bottomwear", &["Topwear", "Shoes", "Belts"]),
+            ("Dress", &["Shoes", "Bags", "Jewellery"]),
+            ("Shoes", &["Bottomwear", "Topwear", "Socks"]),
+            ("Sandal", &["Bottomwear", "Topwear", "Bags"]),
+            ("Flip Flops", &["Bottomwear", "Topwear", "Eyewear"]),
+            ("Bags", &["Topwear", "Shoes", "Wallets"]),
+            ("Watches", &["Topwear", "Belts", "Wallets"]),
+        ]
+        .into_iter()
+        .map(|(from, to)| (from.to_string(), to.iter().map(|s| s.to_string()).collect()))
+        .collect();
+        RecommendConfig {
+            candidates: 50,
+            gender: true,
+            stock: None,
+            trends: None,
+            variants: Some(DEFAULT_VARIANTS),
+            diversity: 0.8,
+            confident: 0.8,
+            co_scan_weight: 0.3,
+            goes_with: true,
+            complements,
+        }
+    }
+}
+
+/// Items of one articleType this alike are variants of one style (see the README's measurement).
+pub const DEFAULT_VARIANTS: f32 = 0.95;
+
+impl RecommendConfig {
+    /// Every stage off: the visual list as it is (for measuring against it).
+    pub fn off() -> Self {
+        RecommendConfig {
+            gender: false,
+            variants: None,
+            diversity: 1.0,
+            co_scan_weight: 0.0,
+            ..RecommendConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=1000).contains(&self.candidates) {
+            bail!("recommend.candidates = {}: must be 1–1000", self.candidates);
+        }
+        if let Some(v) = self.variants {
+            if !(v.is_finite() && (0.5..=1.0).contains(&v)) {
+                bail!("recommend.variants = {v}: must be 0.5–1 (a cosine similarity)");
+            }
+        }
+        if !(self.diversity.is_finite() && (0.0..=1.0).contains(&self.diversity)) {
+            bail!("recommend.diversity = {}: must be 0–1", self.diversity);
+        }
+        if !(self.confident.is_finite() && (-1.0..=1.0).contains(&self.confident)) {
+            bail!("recommend.confident = {}: must be -1–1", self.confident);
+        }
+        if !(self.co_scan_weight.is_finite() && (0.0..=10.0).contains(&self.co_scan_weight)) {
+            bail!(
+                "recommend.co_scan_weight = {}: must be 0–10",
+                self.co_scan_weight
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `[uplink]`: the MQTT broker that `fashion-kiosk uplink` publishes the scan log and the
 /// kiosk's health to.
 #[derive(Debug, Clone, Deserialize)]
@@ -493,6 +591,14 @@ impl Config {
         if let Some(p) = self.metrics.folder.as_mut() {
             fix(p)
         }
+        if let Some(recommend) = self.recommend.as_mut() {
+            for p in [recommend.stock.as_mut(), recommend.trends.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                fix(p)
+            }
+        }
         if let Some(uplink) = self.uplink.as_mut() {
             fix(&mut uplink.checkpoint);
             for p in [uplink.ca_file.as_mut(), uplink.credentials.as_mut()]
@@ -629,6 +735,9 @@ impl Config {
         }
         if let Some(uplink) = &self.uplink {
             uplink.validate()?;
+        }
+        if let Some(recommend) = &self.recommend {
+            recommend.validate()?;
         }
         Ok(())
     }

@@ -178,3 +178,135 @@ mod tests {
         assert_eq!(neighbour_recall(&i8_table, &f32_table, 1).unwrap(), 1.0);
     }
 }
+
+/// A label column's figure for the visual list and for the re-ranked one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compared {
+    pub column: String,
+    pub visual: f64,
+    pub ranked: f64,
+}
+
+/// What re-ranking does to the lists of a catalogue (each item scanned in turn).
+#[derive(Debug, Clone, Serialize)]
+pub struct RerankFigures {
+    /// Lists compared (one per item scanned).
+    pub lists: usize,
+    pub k: usize,
+    /// Share of the k recommendations (after the scanned item itself) that share its label.
+    pub precision: Vec<Compared>,
+    /// Distinct values per list of k.
+    pub distinct: Vec<Compared>,
+    /// Share of recommendations that break a filter (another gender, out of stock).
+    pub violations: Compared,
+    /// Re-ranking time per scan, median and 99th percentile, milliseconds.
+    pub rank_ms_median: f64,
+    pub rank_ms_p99: f64,
+}
+
+/// Each `step`-th item of `table` scanned (its own vector as the query): its visual list and
+/// its re-ranked list under `recommender`, k items after the scanned item itself, compared by
+/// the label `columns` of the table's metadata.
+pub fn rerank(
+    table: &Table,
+    recommender: &crate::recommend::Recommender,
+    columns: &[String],
+    k: usize,
+    step: usize,
+) -> Result<RerankFigures> {
+    ensure!(
+        k >= 1 && table.len() > k,
+        "the table is too small for k = {k}"
+    );
+    let column_at: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            table.column(c).ok_or_else(|| {
+                anyhow::anyhow!("the table {} has no column {c}", table.path().display())
+            })
+        })
+        .collect::<Result<_>>()?;
+    let candidates = recommender.candidates().max(k + 1);
+    let per_item: Vec<_> = (0..table.len())
+        .step_by(step.max(1))
+        .collect::<Vec<_>>()
+        .par_iter()
+        .map(|&item| -> Result<_> {
+            let query = table.vector(item);
+            let hits = table.nearest(&query, candidates, None)?;
+            let visual: Vec<usize> = hits
+                .iter()
+                .map(|h| h.index)
+                .filter(|&i| i != item)
+                .take(k)
+                .collect();
+            let start = std::time::Instant::now();
+            let ranked = recommender.rank(table, &query, &hits, k + 1);
+            let took = start.elapsed().as_secs_f64() * 1000.0;
+            let ranked: Vec<usize> = ranked
+                .iter()
+                .map(|r| r.index)
+                .filter(|&i| i != item)
+                .take(k)
+                .collect();
+            Ok((item, visual, ranked, took))
+        })
+        .collect::<Result<_>>()?;
+    let value = |i: usize, c: usize| table.items()[i].metadata[c].as_str();
+    let lists = per_item.len() as f64;
+    let mean_over = |f: &dyn Fn(&[usize], usize) -> f64, pick_ranked: bool| -> f64 {
+        per_item
+            .iter()
+            .map(|(item, visual, ranked, _)| f(if pick_ranked { ranked } else { visual }, *item))
+            .sum::<f64>()
+            / lists
+    };
+    let mut precision = Vec::new();
+    let mut distinct = Vec::new();
+    for (name, &c) in columns.iter().zip(&column_at) {
+        let share = |list: &[usize], item: usize| {
+            list.iter()
+                .filter(|&&i| value(i, c) == value(item, c))
+                .count() as f64
+                / list.len().max(1) as f64
+        };
+        let kinds = |list: &[usize], _item: usize| {
+            list.iter()
+                .map(|&i| value(i, c))
+                .collect::<std::collections::HashSet<_>>()
+                .len() as f64
+        };
+        precision.push(Compared {
+            column: name.clone(),
+            visual: mean_over(&share, false),
+            ranked: mean_over(&share, true),
+        });
+        distinct.push(Compared {
+            column: name.clone(),
+            visual: mean_over(&kinds, false),
+            ranked: mean_over(&kinds, true),
+        });
+    }
+    let broken = |list: &[usize], item: usize| {
+        list.iter()
+            .filter(|&&i| !recommender.allowed(table, item, i))
+            .count() as f64
+            / list.len().max(1) as f64
+    };
+    let mut times: Vec<f64> = per_item.iter().map(|p| p.3).collect();
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((q * times.len() as f64).ceil() as usize).clamp(1, times.len()) - 1];
+    Ok(RerankFigures {
+        lists: per_item.len(),
+        k,
+        precision,
+        distinct,
+        violations: Compared {
+            column: "filters".into(),
+            visual: mean_over(&broken, false),
+            ranked: mean_over(&broken, true),
+        },
+        rank_ms_median: at(0.5),
+        rank_ms_p99: at(0.99),
+    })
+}

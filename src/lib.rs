@@ -25,6 +25,7 @@ pub mod labels;
 pub mod model;
 pub mod preprocess;
 pub mod query;
+pub mod recommend;
 pub mod resources;
 pub mod scanlog;
 pub mod uplink;

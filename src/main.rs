@@ -43,6 +43,9 @@ enum Command {
     Run(RunArgs),
     /// Try the model, table, camera, trigger, display and scan log of a config: ok or failing.
     Check(CheckArgs),
+    /// Co-scan neighbours and popularity from kiosks' scan logs: the sidecar `[recommend] trends`
+    /// blends into the ranking.
+    Trends(TrendsArgs),
     /// Publish the scan log and the kiosk's health to an MQTT broker (`[uplink]`), until
     /// SIGTERM: the fleet's link, run as its own service.
     Uplink(UplinkArgs),
@@ -217,6 +220,13 @@ struct EvalArgs {
     /// e.g. stored as f32) the evaluated table returns.
     #[arg(long, value_name = "TABLE")]
     reference: Option<PathBuf>,
+    /// Also compare each item's visual list with its re-ranked one under the `[recommend]`
+    /// section of this config (label precision, distinct labels, filter violations, time).
+    #[arg(long, value_name = "CONFIG")]
+    recommend: Option<PathBuf>,
+    /// With --recommend: scan every Nth item only.
+    #[arg(long, default_value_t = 1)]
+    step: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -304,6 +314,38 @@ struct CheckArgs {
 }
 
 #[derive(Args)]
+struct TrendsArgs {
+    /// The table the kiosks search (the sidecar is tied to it).
+    #[arg(long, value_name = "TABLE")]
+    table: PathBuf,
+    /// Scan logs, one per kiosk (each with its rotated files LOG.1 … beside it).
+    #[arg(long, value_name = "LOG", num_args = 1.., required = true)]
+    logs: Vec<PathBuf>,
+    /// The sidecar to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Scans further apart than this start a new session, minutes.
+    #[arg(long, default_value_t = 10.0)]
+    session_gap_mins: f64,
+    /// A session this many days older than the newest scan counts half.
+    #[arg(long, default_value_t = 30.0)]
+    half_life_days: f64,
+    /// Pair score.
+    #[arg(long, value_enum, default_value = "jaccard")]
+    similarity: fashion_kiosk::recommend::trends::Similarity,
+    /// Neighbours kept per item.
+    #[arg(long, default_value_t = 20)]
+    neighbours: usize,
+    /// Held-out scan logs: print Recall@5 of each session's next scan for the visual, co-scan,
+    /// popular and blended lists.
+    #[arg(long, value_name = "LOG", num_args = 1..)]
+    held_out: Vec<PathBuf>,
+    /// The blend's co-scan weight for --held-out (as recommend.co_scan_weight).
+    #[arg(long, default_value_t = 0.3)]
+    weight: f32,
+}
+
+#[derive(Args)]
 struct UplinkArgs {
     #[command(flatten)]
     config: ConfigArgs,
@@ -382,6 +424,7 @@ fn run(command: Command) -> Result<()> {
         Command::Run(args) => kiosk::run(&args.config.load()?),
         Command::Check(args) => cmd_check(args),
         Command::Uplink(args) => cmd_uplink(args),
+        Command::Trends(args) => cmd_trends(args),
         Command::Calibrate(args) => cmd_calibrate(args),
         Command::Foreground(args) => cmd_foreground(args),
         Command::Demo(args) => cmd_demo(args),
@@ -558,6 +601,9 @@ fn print_results(image: &Path, result: &query::QueryResult) {
 fn cmd_eval(args: EvalArgs) -> Result<()> {
     let table = Table::load(&args.table)?;
     let labels = Labels::load(&args.labels)?;
+    if let Some(config) = &args.recommend {
+        return eval_recommend(&args, &table, config);
+    }
     let precision = evaluate::precision_at_k(&table, &labels, &args.by, args.k)?;
     let recall = args
         .reference
@@ -592,6 +638,57 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             recall
         );
     }
+    Ok(())
+}
+
+/// `eval --recommend`: the visual lists against the re-ranked ones.
+fn eval_recommend(args: &EvalArgs, table: &Table, config: &Path) -> Result<()> {
+    use fashion_kiosk::recommend::{stock::Stock, Recommender};
+    let config = Config::load(config, &Overrides::default())?;
+    let settings = config.recommend.clone().with_context(|| {
+        format!(
+            "{}: no [recommend] section",
+            config.catalogue.table.display()
+        )
+    })?;
+    let stock = settings
+        .stock
+        .as_deref()
+        .map(|path| Stock::load(path, table).map(std::sync::Arc::new))
+        .transpose()?;
+    let recommender = Recommender::new(settings, table, stock, None);
+    let figures = evaluate::rerank(table, &recommender, &args.by, args.k, args.step)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&figures)?);
+        return Ok(());
+    }
+    println!(
+        "{}: {} items scanned (every {}), {} recommendations after the scanned item: visual → re-ranked",
+        args.table.display(),
+        figures.lists,
+        args.step,
+        figures.k
+    );
+    for p in &figures.precision {
+        println!(
+            "  precision@{} {:<14} {:.4} → {:.4}",
+            figures.k, p.column, p.visual, p.ranked
+        );
+    }
+    for d in &figures.distinct {
+        println!(
+            "  distinct {:<18} {:.2} → {:.2}",
+            d.column, d.visual, d.ranked
+        );
+    }
+    println!(
+        "  filter violations        {:.4} → {:.4}",
+        figures.violations.visual, figures.violations.ranked
+    );
+    println!(
+        "  re-ranking per scan: median {:.3} ms, p99 {:.3} ms",
+        figures.rank_ms_median, figures.rank_ms_p99
+    );
     Ok(())
 }
 
@@ -659,6 +756,63 @@ fn cmd_check(args: CheckArgs) -> Result<()> {
     let failed = findings.iter().filter(|f| f.outcome.is_err()).count();
     if failed > 0 {
         bail!("{failed} of {} parts failing", findings.len());
+    }
+    Ok(())
+}
+
+fn cmd_trends(args: TrendsArgs) -> Result<()> {
+    use fashion_kiosk::recommend::trends::{self, Options, Trends};
+    let table = Table::load(&args.table)?;
+    let read = |paths: &[PathBuf]| -> Result<Vec<Vec<trends::Scan>>> {
+        paths
+            .iter()
+            .map(|path| {
+                let (scans, bad) = trends::read_log(path)?;
+                if bad > 0 {
+                    tracing::warn!(
+                        "{}: {bad} lines are not scan records: skipped",
+                        path.display()
+                    );
+                }
+                Ok(scans)
+            })
+            .collect()
+    };
+    let histories = read(&args.logs)?;
+    if !(args.session_gap_mins > 0.0 && args.half_life_days > 0.0) {
+        bail!("--session-gap-mins and --half-life-days must be above 0");
+    }
+    let options = Options {
+        session_gap_secs: args.session_gap_mins * 60.0,
+        half_life_days: args.half_life_days,
+        similarity: args.similarity,
+        neighbours: args.neighbours,
+    };
+    let built = trends::build(&histories, &table, options, &args.out)?;
+    println!(
+        "{}: {} sessions, {} scans, {} items, {} item pairs (from {} logs)",
+        args.out.display(),
+        built.sessions,
+        built.scans,
+        built.items,
+        built.pairs,
+        args.logs.len()
+    );
+    if !args.held_out.is_empty() {
+        let held_out = read(&args.held_out)?;
+        let sidecar = std::sync::Arc::new(Trends::load(&args.out, &table)?);
+        let recall = trends::next_scan_recall(
+            &table,
+            &sidecar,
+            &held_out,
+            std::time::Duration::from_secs_f64(options.session_gap_secs),
+            5,
+            args.weight,
+        )?;
+        println!(
+            "held out: {} next scans; Recall@{} visual {:.4}, co-scan {:.4}, popular {:.4}, blend (weight {}) {:.4}",
+            recall.pairs, recall.k, recall.visual, recall.co_scan, recall.popular, args.weight, recall.blend
+        );
     }
     Ok(())
 }
@@ -743,7 +897,7 @@ fn cmd_demo(args: DemoArgs) -> Result<()> {
         },
     )?;
     eprintln!(
-        "Demo kiosk: press Enter to scan the next demo photo, Ctrl-D to stop.\n  screens: {}\n  scan log: {}",
+        "Demo kiosk: press Enter to scan the next demo photo (Enter again while results show: what goes with it), Ctrl-D to stop.\n  screens: {}\n  scan log: {}",
         out.join("screens").display(),
         out.join("scans.jsonl").display()
     );

@@ -13,15 +13,23 @@ use crate::colour::{self, Correction};
 use crate::foreground::{self, BackgroundModel, Foreground};
 use crate::model::{normalise, Session};
 use crate::preprocess::{decode_file, region_bounds, Region};
+use crate::recommend::{Ranked, Recommender};
 
 /// One recommended item.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recommendation {
+    /// Its position in the table.
+    #[serde(skip)]
+    pub index: usize,
     pub id: String,
+    /// Cosine similarity to what was embedded.
     pub score: f32,
     /// Metadata column → value, in table column order.
     #[serde(flatten)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Where a re-ranked item came from and what its relevance is made of.
+    #[serde(flatten)]
+    pub ranked: Option<Ranked>,
 }
 
 /// Milliseconds spent in each stage of a look-up.
@@ -75,6 +83,9 @@ pub struct QueryResult {
     pub colour: colour::Applied,
     pub results: Vec<Recommendation>,
     pub latency_ms: Latency,
+    /// The embedding searched with (unit norm; empty when nothing was embedded).
+    #[serde(skip)]
+    pub vector: Vec<f32>,
 }
 
 /// Milliseconds of the stages after decoding, for one image.
@@ -87,22 +98,59 @@ pub struct StageTimes {
 
 /// The table's items for `hits`, with their metadata.
 fn recommendations(table: &Table, hits: &[Hit]) -> Vec<Recommendation> {
-    hits.iter()
-        .map(|hit| {
-            let item = &table.items()[hit.index];
-            let metadata = table
-                .columns()
-                .iter()
-                .zip(&item.metadata)
-                .map(|(c, v)| (c.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            Recommendation {
-                id: item.id.clone(),
-                score: hit.score,
-                metadata,
-            }
+    hits.iter().map(|hit| recommendation(table, *hit)).collect()
+}
+
+/// The table's item at `hit`, with its metadata.
+pub fn recommendation(table: &Table, hit: Hit) -> Recommendation {
+    let item = &table.items()[hit.index];
+    let metadata = table
+        .columns()
+        .iter()
+        .zip(&item.metadata)
+        .map(|(c, v)| (c.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Recommendation {
+        index: hit.index,
+        id: item.id.clone(),
+        score: hit.score,
+        metadata,
+        ranked: None,
+    }
+}
+
+/// Re-ranks a look-up's visual candidates into at most `top` recommendations by `recommender`'s
+/// rules; returns the milliseconds it took.
+pub fn recommend(
+    table: &Table,
+    recommender: &Recommender,
+    result: &mut QueryResult,
+    top: usize,
+) -> f64 {
+    let start = Instant::now();
+    let hits: Vec<Hit> = result
+        .results
+        .iter()
+        .map(|r| Hit {
+            index: r.index,
+            score: r.score,
         })
-        .collect()
+        .collect();
+    result.results = recommender
+        .rank(table, &result.vector, &hits, top)
+        .into_iter()
+        .map(|ranked| Recommendation {
+            ranked: Some(ranked.clone()),
+            ..recommendation(
+                table,
+                Hit {
+                    index: ranked.index,
+                    score: ranked.visual,
+                },
+            )
+        })
+        .collect();
+    ms(start, Instant::now())
 }
 
 /// Milliseconds from `a` to `b`.
@@ -222,9 +270,11 @@ pub fn query_image(
                 total,
                 ..Latency::default()
             },
+            vector: Vec::new(),
         });
     }
-    let (results, times) = look_up(session, table, &subject.image, subject.area, options, top)?;
+    let (results, vector, times) =
+        look_up(session, table, &subject.image, subject.area, options, top)?;
     Ok(QueryResult {
         region: subject.path,
         colour: subject.colour,
@@ -237,6 +287,7 @@ pub fn query_image(
             search: times.search,
             total: ms(start, Instant::now()),
         },
+        vector,
     })
 }
 
@@ -250,7 +301,7 @@ pub fn look_up(
     region: Region,
     options: Options,
     top: usize,
-) -> Result<(Vec<Recommendation>, StageTimes)> {
+) -> Result<(Vec<Recommendation>, Vec<f32>, StageTimes)> {
     let mut areas = vec![region];
     if options.crops {
         areas.extend(five_crops(region_bounds(image, region)?));
@@ -281,7 +332,7 @@ pub fn look_up(
     let start = Instant::now();
     let hits = table.nearest(&vector, top, None)?;
     times.search = ms(start, Instant::now());
-    Ok((recommendations(table, &hits), times))
+    Ok((recommendations(table, &hits), vector, times))
 }
 
 /// `region` of an image `width` pixels wide, in the image's mirror image.

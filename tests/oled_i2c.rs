@@ -206,3 +206,28 @@ fn a_controller_reset_by_a_power_glitch_lights_up_again_with_the_next_screen() {
     );
     assert_eq!(controller.ram, Canvas::of(&idle).to_ssd1306_pages());
 }
+
+#[test]
+fn the_goes_with_screen_reaches_the_oled_ram_byte_for_byte() {
+    let goes_with = Screen::GoesWith {
+        items: vec![
+            ("21370".into(), "Bottomwear".into()),
+            ("9204".into(), "Shoes".into()),
+            ("1855".into(), "Watches".into()),
+        ],
+    };
+    let mut oled = Oled::new(RecordingBus::default(), 0x3c, "test OLED".into()).unwrap();
+    oled.show(&results()).unwrap();
+    oled.show(&goes_with).unwrap();
+    let bus = oled.release();
+    let mut controller = Controller::new();
+    for (_, bytes) in &bus.writes {
+        controller.write(bytes);
+    }
+    let expected = Canvas::of(&goes_with).to_ssd1306_pages();
+    assert!(expected.iter().map(|b| b.count_ones()).sum::<u32>() > 300);
+    for (i, (got, want)) in controller.ram.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "page {} column {}", i / 128, i % 128);
+    }
+    assert_ne!(controller.ram, Canvas::of(&results()).to_ssd1306_pages());
+}

@@ -7,11 +7,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use embedded_graphics::mono_font::ascii::{FONT_10X20, FONT_6X10, FONT_6X13, FONT_9X18_BOLD};
+use embedded_graphics::mono_font::ascii::{
+    FONT_10X20, FONT_6X10, FONT_6X13, FONT_8X13_BOLD, FONT_9X18_BOLD,
+};
 use embedded_graphics::mono_font::{MonoFont, MonoTextStyle};
 use embedded_graphics::pixelcolor::BinaryColor;
 use embedded_graphics::prelude::*;
-use embedded_graphics::primitives::{PrimitiveStyle, Rectangle};
+use embedded_graphics::primitives::{Line, PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Alignment, Baseline, Text, TextStyleBuilder};
 use ssd1306::mode::BufferedGraphicsMode;
 use ssd1306::prelude::*;
@@ -33,6 +35,8 @@ pub enum Screen {
     Scanning { tenths: u32 },
     /// The best items (id, score), best first; the first 3 are shown.
     Results { items: Vec<(String, f32)> },
+    /// What goes with the scanned item: (id, its category), best first; the first 3 are shown.
+    GoesWith { items: Vec<(String, String)> },
     /// Something the shopper or staff should know (a fault, a reload, a calibration), with its
     /// title in an inverted bar.
     Message { title: String, detail: String },
@@ -157,6 +161,41 @@ where
                     &format!("{score:.2}"),
                     Point::new(WIDTH as i32 - 1, y + 5),
                     style(&FONT_6X13, BinaryColor::On),
+                    right,
+                )
+                .draw(target)?;
+            }
+        }
+        Screen::GoesWith { items } => {
+            // A title over a rule (not an inverted bar: this is no fault), then per row the
+            // category small on the left and the id in bold on the right.
+            Text::with_baseline(
+                "Goes with",
+                Point::new(0, 0),
+                style(&FONT_6X10, BinaryColor::On),
+                Baseline::Top,
+            )
+            .draw(target)?;
+            Line::new(Point::new(0, 11), Point::new(WIDTH as i32 - 1, 11))
+                .into_styled(PrimitiveStyle::with_stroke(BinaryColor::On, 1))
+                .draw(target)?;
+            let right = TextStyleBuilder::new()
+                .alignment(Alignment::Right)
+                .baseline(Baseline::Top)
+                .build();
+            for (row, (id, category)) in items.iter().take(3).enumerate() {
+                let y = 15 + row as i32 * 16;
+                Text::with_baseline(
+                    &clip(category, 8),
+                    Point::new(0, y + 2),
+                    style(&FONT_6X10, BinaryColor::On),
+                    Baseline::Top,
+                )
+                .draw(target)?;
+                Text::with_text_style(
+                    &clip(id, 9),
+                    Point::new(WIDTH as i32 - 1, y),
+                    style(&FONT_8X13_BOLD, BinaryColor::On),
                     right,
                 )
                 .draw(target)?;
@@ -485,6 +524,13 @@ mod tests {
             Screen::Idle { items: 300 },
             Screen::Scanning { tenths: 12 },
             results(),
+            Screen::GoesWith {
+                items: vec![
+                    ("15970".into(), "Bottomwear".into()),
+                    ("39386".into(), "Shoes".into()),
+                    ("59263".into(), "Watches".into()),
+                ],
+            },
             Screen::Message {
                 title: "Camera offline".into(),
                 detail: "cannot open /dev/video0: No such file or directory".into(),

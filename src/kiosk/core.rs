@@ -23,6 +23,8 @@ pub struct Settings {
     pub camera_retry_max: Duration,
     /// How often to ping systemd's watchdog, if it watches.
     pub watchdog: Option<Duration>,
+    /// A press while results are shown asks what goes with the scanned item.
+    pub goes_with: bool,
 }
 
 /// The first wait before retrying a lost camera or display; it doubles up to its maximum.
@@ -60,6 +62,8 @@ pub enum Event {
     DisplayFailed(String),
     /// The display was reopened.
     DisplayBack(String),
+    /// What goes with the shown scan's item: (id, category), best first.
+    WentWith(Vec<(String, String)>),
 }
 
 /// A finished calibration: where it is kept, and whether it measured the light with the card.
@@ -99,6 +103,8 @@ pub enum Effect {
     Scan {
         pressed: Instant,
     },
+    /// Find what goes with the last scan's item and report [`Event::WentWith`].
+    GoesWith,
     /// (Re)open the camera.
     ProbeCamera,
     CalibrateEmptyScene,
@@ -206,8 +212,10 @@ pub struct Core {
     coalesced: u32,
     calibrating: Option<Calibrating>,
     items: usize,
-    /// The last scan's screen.
+    /// The last scan's screen (or, after a second press, what goes with its item).
     outcome: Option<Screen>,
+    /// "Goes with" was asked for the results shown (the next press scans again).
+    asked_goes_with: bool,
     /// A message (a refused reload, a calibration) shown until its time.
     notice: Option<(Screen, Instant)>,
     camera: Retry,
@@ -235,6 +243,7 @@ impl Core {
             calibrating: None,
             items,
             outcome: None,
+            asked_goes_with: false,
             notice: None,
             camera,
             display: Retry::new(DISPLAY_RETRY_MAX),
@@ -349,6 +358,22 @@ impl Core {
                     tracing::debug!("display still failing: {message}");
                 }
                 self.display.failed(message, now);
+            }
+            Event::WentWith(items) => {
+                // Only while the results it answers are still on screen.
+                if self.asked_goes_with && matches!(self.state, State::Showing { .. }) {
+                    self.outcome = Some(if items.is_empty() {
+                        Screen::Message {
+                            title: "Goes with".into(),
+                            detail: "Nothing to pair with this item yet".into(),
+                        }
+                    } else {
+                        Screen::GoesWith { items }
+                    });
+                    self.state = State::Showing {
+                        until: now + self.settings.results_for,
+                    };
+                }
             }
             Event::DisplayBack(name) => {
                 if self.display.works() {
@@ -515,10 +540,17 @@ impl Core {
             return;
         }
         self.last_press = Some(at);
+        let results_shown = matches!(self.outcome, Some(Screen::Results { .. }));
         match self.state {
             State::Scanning { .. } => {
                 self.queued.get_or_insert(at);
                 self.coalesced += 1;
+            }
+            State::Showing { .. }
+                if self.settings.goes_with && results_shown && !self.asked_goes_with =>
+            {
+                self.asked_goes_with = true;
+                effects.push(Effect::GoesWith);
             }
             State::Idle | State::Showing { .. } => {
                 self.state = State::Scanning {
@@ -558,6 +590,7 @@ impl Core {
             tracing::info!("camera back");
         }
         self.outcome = Some(screen);
+        self.asked_goes_with = false;
         effects.push(Effect::LogScan {
             scan: self.scans,
             coalesced: std::mem::take(&mut self.coalesced),
@@ -613,6 +646,7 @@ mod tests {
             scan_timeout: ms(30_000),
             camera_retry_max: ms(30_000),
             watchdog: None,
+            goes_with: false,
         }
     }
 
@@ -626,6 +660,69 @@ mod tests {
 
     fn results() -> Outcome {
         Outcome::Results(vec![("15970".into(), 0.9)])
+    }
+
+    #[test]
+    fn a_second_press_on_results_shows_what_goes_with_it_and_a_third_scans_again() {
+        let t0 = Instant::now();
+        let mut core = ready(
+            Settings {
+                goes_with: true,
+                ..settings()
+            },
+            t0,
+        );
+        core.on(Event::Press(t0), t0);
+        core.on(Event::Scanned(results()), t0 + ms(600));
+        let t1 = t0 + ms(2000);
+        assert_eq!(core.on(Event::Press(t1), t1), [Effect::GoesWith]);
+        // Results stay up until the answer comes.
+        assert!(matches!(core.screen(t1), Screen::Results { .. }));
+        let items = vec![("20001".to_string(), "Bottomwear".to_string())];
+        core.on(Event::WentWith(items.clone()), t1 + ms(5));
+        assert_eq!(core.screen(t1 + ms(5)), Screen::GoesWith { items });
+        // It stays its own full time, then the kiosk is idle again.
+        assert!(matches!(
+            core.screen(t1 + ms(7000)),
+            Screen::GoesWith { .. }
+        ));
+        core.tick(t1 + ms(8100));
+        assert_eq!(core.screen(t1 + ms(8100)), Screen::Idle { items: 300 });
+        // A press on "goes with" scans again.
+        let t = t1 + ms(9000);
+        core.on(Event::Press(t), t);
+        core.on(Event::Scanned(results()), t + ms(600));
+        core.on(Event::Press(t + ms(1000)), t + ms(1000));
+        core.on(
+            Event::WentWith(vec![("1".into(), "Shoes".into())]),
+            t + ms(1000),
+        );
+        let t2 = t + ms(1500);
+        assert_eq!(
+            core.on(Event::Press(t2), t2),
+            [Effect::Scan { pressed: t2 }]
+        );
+        // With nothing to pair, a message says so.
+        core.on(Event::Scanned(results()), t2 + ms(600));
+        let t3 = t2 + ms(1000);
+        core.on(Event::Press(t3), t3);
+        core.on(Event::WentWith(Vec::new()), t3);
+        assert!(
+            matches!(core.screen(t3), Screen::Message { ref title, .. } if title == "Goes with")
+        );
+    }
+
+    #[test]
+    fn without_goes_with_a_press_on_results_scans_again() {
+        let t0 = Instant::now();
+        let mut core = ready(settings(), t0);
+        core.on(Event::Press(t0), t0);
+        core.on(Event::Scanned(results()), t0 + ms(600));
+        let t1 = t0 + ms(2000);
+        assert_eq!(
+            core.on(Event::Press(t1), t1),
+            [Effect::Scan { pressed: t1 }]
+        );
     }
 
     #[test]

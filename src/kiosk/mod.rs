@@ -21,12 +21,16 @@ use serde::Serialize;
 use self::core::{Core, Effect, Event, Notice, Outcome, Settings};
 use self::scanner::{Report, Request, ScanFailure, ScanLatency, ScanReport, Scanner};
 use crate::calibration::Calibration;
+use crate::catalogue::Table;
 use crate::colour;
 use crate::config::Config;
 use crate::device::{self, Display, Screen};
 use crate::health::{CatalogueHealth, ModelHealth, Monitor, Part, ScanOutcome};
 use crate::model::Embedder;
 use crate::query::{ms, FoundBy};
+use crate::recommend::stock::Stock;
+use crate::recommend::trends::Trends;
+use crate::recommend::{Ranked, Recommender};
 use crate::scanlog::ScanLog;
 
 pub use self::calibrate::{calibrate_camera, lock_controls};
@@ -165,6 +169,8 @@ pub fn run(config: &Config) -> Result<()> {
         None => tracing::info!("trigger: SIGUSR1 only"),
     }
 
+    let mut store = StoreData::default();
+    let recommender = recommender_for(config, &table, &mut store);
     let (requests, worker_requests) = mpsc::channel();
     let (reports_tx, reports) = mpsc::channel();
     let scanner = Scanner {
@@ -172,6 +178,8 @@ pub fn run(config: &Config) -> Result<()> {
         camera: None,
         session,
         table: Arc::new(table),
+        recommender,
+        last_match: None,
         top: config.kiosk.top,
         scene: config.scene.clone(),
         calibration,
@@ -203,6 +211,7 @@ pub fn run(config: &Config) -> Result<()> {
         scan_timeout: config.kiosk.scan_timeout(),
         camera_retry_max: config.kiosk.camera_retry_max(),
         watchdog: sd_notify::watchdog_enabled().map(|w| w / 2),
+        goes_with: config.recommend.as_ref().is_some_and(|r| r.goes_with),
     };
     let (mut core, effects) = Core::new(settings, items, Instant::now());
     notify(&[
@@ -222,6 +231,7 @@ pub fn run(config: &Config) -> Result<()> {
         scan_log: &mut scan_log,
         screens,
         monitor,
+        store,
         finished: None,
     };
     let mut pending: VecDeque<Event> = VecDeque::new();
@@ -297,6 +307,8 @@ struct Io<'a> {
     screens: Screens,
     /// The health for monitoring, written after each scan and watchdog tick.
     monitor: Monitor,
+    /// The store's stock and trends last loaded well.
+    store: StoreData,
     /// The last finished scan, until its log line is written.
     finished: Option<Box<ScanReport>>,
 }
@@ -355,6 +367,7 @@ impl Io<'_> {
                 Event::Scanned(outcome)
             }
             Report::CameraProbed(result) => Event::CameraProbed(result),
+            Report::WentWith(items) => Event::WentWith(items),
             Report::EmptySceneTaken => Event::EmptySceneTaken(Ok(())),
             Report::Calibrated(result) => Event::Calibrated(result),
         }
@@ -371,6 +384,7 @@ impl Io<'_> {
             let request = match effect {
                 Effect::Scan { pressed } => Request::Scan { pressed },
                 Effect::ProbeCamera => Request::ProbeCamera,
+                Effect::GoesWith => Request::GoesWith,
                 Effect::CalibrateEmptyScene => Request::CalibrateEmptyScene,
                 Effect::CalibrateCard => Request::CalibrateCard,
                 Effect::ReloadTable => {
@@ -431,7 +445,10 @@ impl Io<'_> {
                     fingerprint: table.content_id(),
                 });
                 self.monitor.publish();
-                let _ = self.requests.send(Request::SetTable(Arc::new(table)));
+                let recommender = recommender_for(self.config, &table, &mut self.store);
+                let _ = self
+                    .requests
+                    .send(Request::SetTable(Arc::new(table), Box::new(recommender)));
                 Ok(items)
             }
             Err(e) => {
@@ -456,6 +473,88 @@ impl Io<'_> {
             Err(e) => Event::DisplayFailed(format!("{e:#}")),
         }
     }
+}
+
+/// The store's stock and co-scan trends as last loaded well, with the content id of the table
+/// they were read against: a file that fails to load later leaves these in use.
+#[derive(Default)]
+struct StoreData {
+    stock: Option<(String, Arc<Stock>)>,
+    trends: Option<(String, Arc<Trends>)>,
+}
+
+/// Loads `what` from `path` for `table` into `slot`; a failure is logged, and the previous one is
+/// kept when it was read against the same table.
+fn load_into<T>(
+    slot: &mut Option<(String, Arc<T>)>,
+    table: &Table,
+    what: &str,
+    path: &std::path::Path,
+    load: impl FnOnce(&std::path::Path, &Table) -> Result<T>,
+    describe: impl FnOnce(&T) -> String,
+) {
+    let id = table.content_id();
+    match load(path, table) {
+        Ok(loaded) => {
+            tracing::info!("{what}: {}", describe(&loaded));
+            *slot = Some((id, Arc::new(loaded)));
+        }
+        Err(e) => {
+            if slot.as_ref().is_some_and(|(kept, _)| *kept == id) {
+                tracing::error!("{e:#}; keeping the {what} loaded before");
+            } else {
+                tracing::error!("{e:#}; recommending without a {what}");
+                *slot = None;
+            }
+        }
+    }
+}
+
+/// The recommender for `table` under `[recommend]`, with the store's stock and trends (loaded
+/// anew; see [`StoreData`]); `None` without a `[recommend]` section.
+fn recommender_for(config: &Config, table: &Table, store: &mut StoreData) -> Option<Recommender> {
+    let settings = config.recommend.clone()?;
+    if let Some(path) = &settings.stock {
+        load_into(&mut store.stock, table, "stock", path, Stock::load, |s| {
+            if s.unknown_ids > 0 {
+                tracing::warn!(
+                    "stock {}: {} of {} rows name ids the catalogue does not hold",
+                    path.display(),
+                    s.unknown_ids,
+                    s.rows
+                );
+            }
+            format!(
+                "{} ({} rows, {} items out of stock)",
+                path.display(),
+                s.rows,
+                s.out_of_stock()
+            )
+        });
+    }
+    if let Some(path) = &settings.trends {
+        load_into(
+            &mut store.trends,
+            table,
+            "trends",
+            path,
+            Trends::load,
+            |t| {
+                format!(
+                    "{} ({} sessions, {} scans)",
+                    path.display(),
+                    t.sessions,
+                    t.scans
+                )
+            },
+        );
+    }
+    Some(Recommender::new(
+        settings,
+        table,
+        store.stock.as_ref().map(|(_, s)| s.clone()),
+        store.trends.as_ref().map(|(_, t)| t.clone()),
+    ))
 }
 
 /// A run of the service: its start time and process id, so that two runs never share one.
@@ -498,6 +597,9 @@ struct ScanRecord<'a> {
 struct LoggedItem<'a> {
     id: &'a str,
     score: f32,
+    /// Its source and score parts, when `[recommend]` ranked it.
+    #[serde(flatten)]
+    ranked: Option<&'a Ranked>,
 }
 
 /// Logs a finished scan to the scan log, synced, then to the journal (so that a scan the journal
@@ -518,6 +620,7 @@ fn log_scan(
                 .map(|r| LoggedItem {
                     id: &r.id,
                     score: r.score,
+                    ranked: r.ranked.as_ref(),
                 })
                 .collect();
             let outcome = if results.is_empty() { "nothing" } else { "ok" };

@@ -18,6 +18,7 @@ use crate::device::camera::{self, CaptureError};
 use crate::device::{self, Camera};
 use crate::model::{self, Session};
 use crate::query::{self, ms, FoundBy, Recommendation};
+use crate::recommend::Recommender;
 use serde::Serialize;
 
 /// What the worker is asked to do.
@@ -26,7 +27,10 @@ pub enum Request {
         pressed: Instant,
     },
     ProbeCamera,
-    SetTable(Arc<Table>),
+    /// A reloaded catalogue, and its recommender (with the store's stock and trends).
+    SetTable(Arc<Table>, Box<Option<Recommender>>),
+    /// What goes with the last scan's item.
+    GoesWith,
     /// Lock the camera's controls and capture the empty scene; then, without a card to wait
     /// for, save the calibration and use it from now on.
     CalibrateEmptyScene,
@@ -38,6 +42,8 @@ pub enum Request {
 pub enum Report {
     Scanned(Box<ScanReport>),
     CameraProbed(Result<String, String>),
+    /// What goes with the last scan's item (id and category), best first.
+    WentWith(Vec<(String, String)>),
     /// The empty scene is taken; the card is next.
     EmptySceneTaken,
     Calibrated(Result<Calibrated, String>),
@@ -67,6 +73,8 @@ pub struct ScanLatency {
     pub preprocess: f64,
     pub embed: f64,
     pub search: f64,
+    /// Re-ranking the visual candidates into recommendations.
+    pub rank: f64,
     /// Press to the scan's log line, synced (its screen is shown next).
     pub total: f64,
 }
@@ -87,6 +95,10 @@ pub struct Scanner {
     pub camera: Option<Box<dyn Camera>>,
     pub session: Session,
     pub table: Arc<Table>,
+    /// The rules that make the visual look-alikes recommendations (`[recommend]`).
+    pub recommender: Option<Recommender>,
+    /// The last scan's best match, for "goes with".
+    pub last_match: Option<usize>,
     pub top: usize,
     pub scene: SceneConfig,
     pub calibration: Option<Calibration>,
@@ -106,10 +118,13 @@ impl Scanner {
                     Request::ProbeCamera => {
                         Report::CameraProbed(self.ensure_camera().map(|camera| camera.describe()))
                     }
-                    Request::SetTable(table) => {
+                    Request::SetTable(table, recommender) => {
                         self.table = table;
+                        self.recommender = *recommender;
+                        self.last_match = None;
                         continue;
                     }
+                    Request::GoesWith => Report::WentWith(self.goes_with()),
                     Request::CalibrateEmptyScene => match self.calibrate_empty_scene() {
                         Ok(None) => Report::EmptySceneTaken,
                         Ok(Some(done)) => Report::Calibrated(Ok(done)),
@@ -189,8 +204,21 @@ impl Scanner {
             flip: false,
             crops: false,
         };
-        match query::query_image(&mut self.session, &self.table, &frame, options, self.top) {
-            Ok(result) => {
+        let candidates = self
+            .recommender
+            .as_ref()
+            .map_or(self.top, |r| r.candidates().max(self.top));
+        self.last_match = None;
+        match query::query_image(&mut self.session, &self.table, &frame, options, candidates) {
+            Ok(mut result) => {
+                self.last_match = result.results.first().map(|r| r.index);
+                match &self.recommender {
+                    Some(recommender) if !result.results.is_empty() => {
+                        report.latency.rank =
+                            query::recommend(&self.table, recommender, &mut result, self.top);
+                    }
+                    _ => result.results.truncate(self.top),
+                }
                 let stages = &result.latency_ms;
                 report.latency.foreground = stages.foreground;
                 report.latency.preprocess = stages.preprocess;
@@ -203,6 +231,25 @@ impl Scanner {
             Err(e) => report.outcome = Err(ScanFailure::Model(format!("{e:#}"))),
         }
         report
+    }
+
+    /// What goes with the last scan's best match: (id, its subCategory).
+    fn goes_with(&self) -> Vec<(String, String)> {
+        let (Some(recommender), Some(anchor)) = (&self.recommender, self.last_match) else {
+            return Vec::new();
+        };
+        let category = self.table.column("subCategory");
+        recommender
+            .goes_with(&self.table, anchor, self.top)
+            .into_iter()
+            .map(|r| {
+                let item = &self.table.items()[r.index];
+                let label = category
+                    .and_then(|c| item.metadata.get(c).cloned())
+                    .unwrap_or_default();
+                (item.id.clone(), label)
+            })
+            .collect()
     }
 
     /// Locks the camera's controls and captures the empty scene. With a card to come, keeps them
