@@ -15,6 +15,7 @@ use crate::device::Camera;
 use crate::device::{self, Screen};
 use crate::health::{self, CatalogueHealth, Health, ModelHealth, Part};
 use crate::model::Embedder;
+use crate::recommend::{stock::Stock, trends::Trends};
 use crate::scanlog::ScanLog;
 
 /// One checked part.
@@ -198,19 +199,51 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
             }),
     ));
     let table = match &embedder {
-        Ok(embedder) => embedder.load_table(&config.catalogue.table).map(|t| {
+        Ok(embedder) => embedder.load_table(&config.catalogue.table),
+        Err(_) => Err(anyhow::anyhow!(
+            "{}: not checked without a model",
+            config.catalogue.table.display()
+        )),
+    };
+    findings.push(finding(
+        "catalogue",
+        table.as_ref().map_err(|e| anyhow!("{e:#}")).map(|t| {
             health.catalogue = Some(CatalogueHealth {
                 items: t.len(),
                 fingerprint: t.content_id(),
             });
             format!("{} ({} items)", config.catalogue.table.display(), t.len())
         }),
-        Err(_) => Err(anyhow::anyhow!(
-            "{}: not checked without a model",
-            config.catalogue.table.display()
-        )),
-    };
-    findings.push(finding("catalogue", table));
+    ));
+    if let (Some(recommend), Ok(table)) = (&config.recommend, &table) {
+        if let Some(path) = &recommend.stock {
+            findings.push(finding(
+                "stock",
+                Stock::load(path, table).map(|s| {
+                    format!(
+                        "{} ({} rows, {} out of stock, {} ids not in the catalogue)",
+                        path.display(),
+                        s.rows,
+                        s.out_of_stock(),
+                        s.unknown_ids
+                    )
+                }),
+            ));
+        }
+        if let Some(path) = &recommend.trends {
+            findings.push(finding(
+                "trends",
+                Trends::load(path, table).map(|t| {
+                    format!(
+                        "{} ({} sessions, {} ids not in the catalogue)",
+                        path.display(),
+                        t.sessions,
+                        t.unknown_ids
+                    )
+                }),
+            ));
+        }
+    }
     let calibration = config
         .scene
         .reference

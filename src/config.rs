@@ -329,8 +329,8 @@ pub struct RecommendConfig {
     pub stock: Option<PathBuf>,
     /// The co-scan sidecar made by `fashion-kiosk trends`; reloaded with the table.
     pub trends: Option<PathBuf>,
-    /// Items of one articleType at least this alike (cosine) are variants: one stays.
-    pub variants: Option<f32>,
+    /// Items of one articleType at least this alike (cosine) are variants: one stays (0 = off).
+    pub variants: f32,
     /// λ of maximal marginal relevance: 1 = relevance only, lower = more varied.
     pub diversity: f32,
     /// The scan's best match stays first when its score is at least this.
@@ -363,7 +363,7 @@ impl Default for RecommendConfig {
             gender: true,
             stock: None,
             trends: None,
-            variants: Some(DEFAULT_VARIANTS),
+            variants: DEFAULT_VARIANTS,
             diversity: 0.8,
             confident: 0.8,
             co_scan_weight: 0.3,
@@ -381,7 +381,7 @@ impl RecommendConfig {
     pub fn off() -> Self {
         RecommendConfig {
             gender: false,
-            variants: None,
+            variants: 0.0,
             diversity: 1.0,
             co_scan_weight: 0.0,
             ..RecommendConfig::default()
@@ -392,10 +392,9 @@ impl RecommendConfig {
         if !(1..=1000).contains(&self.candidates) {
             bail!("recommend.candidates = {}: must be 1–1000", self.candidates);
         }
-        if let Some(v) = self.variants {
-            if !(v.is_finite() && (0.5..=1.0).contains(&v)) {
-                bail!("recommend.variants = {v}: must be 0.5–1 (a cosine similarity)");
-            }
+        let v = self.variants;
+        if !(v == 0.0 || (v.is_finite() && (0.5..=1.0).contains(&v))) {
+            bail!("recommend.variants = {v}: must be 0 (off) or 0.5–1 (a cosine similarity)");
         }
         if !(self.diversity.is_finite() && (0.0..=1.0).contains(&self.diversity)) {
             bail!("recommend.diversity = {}: must be 0–1", self.diversity);

@@ -205,8 +205,8 @@ pub struct RerankFigures {
 }
 
 /// Each `step`-th item of `table` scanned (its own vector as the query): its visual list and
-/// its re-ranked list under `recommender`, k items after the scanned item itself, compared by
-/// the label `columns` of the table's metadata.
+/// its re-ranked list under `recommender`, the k items after the best match (the item itself,
+/// or a byte-identical copy), compared by the label `columns` of the table's metadata.
 pub fn rerank(
     table: &Table,
     recommender: &crate::recommend::Recommender,
@@ -234,22 +234,19 @@ pub fn rerank(
         .map(|&item| -> Result<_> {
             let query = table.vector(item);
             let hits = table.nearest(&query, candidates, None)?;
-            let visual: Vec<usize> = hits
-                .iter()
-                .map(|h| h.index)
-                .filter(|&i| i != item)
-                .take(k)
-                .collect();
+            // The scanned item is the best match (the item itself, or a byte-identical copy).
+            let anchor = hits[0].index;
+            let visual: Vec<usize> = hits.iter().skip(1).take(k).map(|h| h.index).collect();
             let start = std::time::Instant::now();
             let ranked = recommender.rank(table, &query, &hits, k + 1);
             let took = start.elapsed().as_secs_f64() * 1000.0;
             let ranked: Vec<usize> = ranked
                 .iter()
                 .map(|r| r.index)
-                .filter(|&i| i != item)
+                .filter(|&i| i != anchor)
                 .take(k)
                 .collect();
-            Ok((item, visual, ranked, took))
+            Ok((anchor, visual, ranked, took))
         })
         .collect::<Result<_>>()?;
     let value = |i: usize, c: usize| table.items()[i].metadata[c].as_str();

@@ -367,7 +367,14 @@ impl Io<'_> {
                 Event::Scanned(outcome)
             }
             Report::CameraProbed(result) => Event::CameraProbed(result),
-            Report::WentWith(items) => Event::WentWith(items),
+            Report::WentWith(items) => {
+                let listed: Vec<String> = items
+                    .iter()
+                    .map(|(id, category)| format!("{id} ({category})"))
+                    .collect();
+                tracing::info!("goes with: {}", listed.join(", "));
+                Event::WentWith(items)
+            }
             Report::EmptySceneTaken => Event::EmptySceneTaken(Ok(())),
             Report::Calibrated(result) => Event::Calibrated(result),
         }

@@ -12,7 +12,7 @@
 //! 4. **the anchor**: the best visual match stays first when its score is at least `confident`
 //!    (what the shopper holds is what they asked about), whatever the filters say;
 //! 5. **variants**: of items with the same articleType whose embeddings are at least `variants`
-//!    alike, only the most relevant stays;
+//!    alike (0 = off), only the most relevant stays;
 //! 6. **diversity**: the rest is picked by maximal marginal relevance with λ = `diversity`.
 //!
 //! With every stage off (no gender filter, no stock, no variants, λ = 1, no trends) the result is
@@ -241,7 +241,8 @@ impl Recommender {
             }
         }
         // Variants: of near-identical items of one articleType, the most relevant stays.
-        if let Some(threshold) = self.settings.variants {
+        let threshold = self.settings.variants;
+        if threshold > 0.0 {
             let mut kept: Vec<Candidate> = Vec::new();
             for candidate in candidates {
                 let article = Self::value(table, candidate.index, self.columns.article_type);
@@ -614,7 +615,7 @@ mod tests {
         let hits = visual(&t, &query);
         let plain = RecommendConfig {
             gender: false,
-            variants: None,
+            variants: 0.0,
             diversity: 1.0,
             ..RecommendConfig::default()
         };

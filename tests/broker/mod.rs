@@ -39,7 +39,8 @@ fn mosquitto_binary() -> PathBuf {
     .expect("these tests need Debian's mosquitto: apt install mosquitto")
 }
 
-/// A mosquitto on 127.0.0.1:`port`, stopped on drop.
+/// A mosquitto on 127.0.0.1:`port`, stopped on drop. It queues without limit for a subscriber
+/// that falls behind (the default drops past 1,000), so that what arrives is all the uplink sent.
 pub struct Broker {
     pub child: Child,
     pub port: u16,
@@ -56,8 +57,10 @@ pub struct BrokerOptions {
 impl Broker {
     pub fn start(dir: &Path, port: u16, options: &BrokerOptions) -> Broker {
         let conf = dir.join(format!("mosquitto-{port}.conf"));
-        let mut text =
-            format!("user root\npersistence false\nlog_dest stderr\nlistener {port} 127.0.0.1\n");
+        let mut text = format!(
+            "user root\npersistence false\nlog_dest stderr\nmax_queued_messages 0\n\
+             listener {port} 127.0.0.1\n"
+        );
         match &options.password {
             Some((user, password)) => {
                 let file = dir.join("passwords");

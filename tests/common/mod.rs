@@ -10,6 +10,7 @@ pub fn repo(path: &str) -> PathBuf {
 }
 
 /// `n` demo catalogue file names spread evenly over the sorted catalogue.
+#[allow(dead_code)] // not every test file samples the catalogue
 pub fn demo_sample(n: usize) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(repo("demo/catalogue"))
         .unwrap()
