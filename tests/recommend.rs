@@ -240,4 +240,27 @@ goes_with = true
         line("trends").contains("FAIL") && line("trends").contains("trends.json"),
         "{said}"
     );
+
+    // Started with neither file: it says so and scans on the rules alone.
+    std::fs::remove_file(work.join("stock.csv")).unwrap();
+    let out = fashion_kiosk()
+        .args(["run", "--config"])
+        .arg(work.join("kiosk.toml"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut kiosk| {
+            kiosk.stdin.take().unwrap().write_all(b"\n")?;
+            kiosk.wait_with_output()
+        })
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("recommending without a stock file"), "{said}");
+    assert!(
+        said.contains("recommending without a trends file"),
+        "{said}"
+    );
+    assert_eq!(log_lines(&log).len(), 5, "{said}");
 }

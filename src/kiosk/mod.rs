@@ -510,7 +510,7 @@ fn load_into<T>(
             if slot.as_ref().is_some_and(|(kept, _)| *kept == id) {
                 tracing::error!("{e:#}; keeping the {what} loaded before");
             } else {
-                tracing::error!("{e:#}; recommending without a {what}");
+                tracing::error!("{e:#}; recommending without a {what} file");
                 *slot = None;
             }
         }
