@@ -101,6 +101,9 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--binary", type=Path, default=REPO / "target/debug/fashion-kiosk")
     parser.add_argument("--index-kills", type=int, default=10)
+    parser.add_argument("--steady-secs", type=float, default=0.0,
+                        help="after the faults, this long of presses only (5 a second) on one run "
+                             "of the service, for its memory slope")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     binary = args.binary.resolve()
@@ -293,6 +296,21 @@ keep = 3
             rss.append((now - started, rss_kib(kiosk.process.pid), len(runs)))
             last_rss = now
 
+    steady = []  # (seconds, KiB) during the steady phase, after its first 30 s
+    if args.steady_secs > 0:
+        phase = time.time()
+        next_sample = phase + 30.0
+        steady_presses = 0
+        while time.time() - phase < args.steady_secs:
+            press()
+            steady_presses += 1
+            time.sleep(0.2)
+            if time.time() >= next_sample:
+                steady.append((time.time() - phase, rss_kib(kiosk.process.pid)))
+                next_sample += 1.0
+        if kiosk.process.poll() is not None:
+            breaches.append("the service exited during the steady phase")
+
     time.sleep(1.0)
     final_run = len(runs)
     code = kiosk.stop(signal.SIGTERM)
@@ -367,16 +385,37 @@ keep = 3
           f"not logged (disk full, said so): {unlogged}; rotated away: {rotated_away}")
     if rss:
         (t0, first, _), (t1, last, _) = rss[0], rss[-1]
-        same_run = [(t, k) for t, k, r in rss if r == rss[-1][2]]
-        if len(same_run) > 1:
-            (ta, ka), (tb, kb) = same_run[0], same_run[-1]
-            slope = (kb - ka) / 1024 / max(tb - ta, 1) * 3600
+        # The slope within the longest run of the service (restarts reset memory), by least
+        # squares over its samples.
+        by_run = {}
+        for t, k, r in rss:
+            by_run.setdefault(r, []).append((t, k))
+        same_run = max(by_run.values(), key=lambda samples: samples[-1][0] - samples[0][0])
+        span = same_run[-1][0] - same_run[0][0]
+        if len(same_run) > 2 and span > 0:
+            mean_t = sum(t for t, _ in same_run) / len(same_run)
+            mean_k = sum(k for _, k in same_run) / len(same_run)
+            num = sum((t - mean_t) * (k - mean_k) for t, k in same_run)
+            den = sum((t - mean_t) ** 2 for t, _ in same_run)
+            slope = num / den / 1024 * 3600 if den else 0.0
         else:
             slope = 0.0
         print(f"RSS after warm-up: start {first / 1024:.1f} MiB, end {last / 1024:.1f} MiB; "
-              f"slope within the last run {slope:+.2f} MiB per hour of this run's presses")
-        if slope > 1.0 and len(same_run) > 10:
+              f"slope within the longest run ({span:.0f} s, {len(same_run)} samples) "
+              f"{slope:+.2f} MiB per hour of presses")
+        if slope > 1.0 and span > 120:
             breaches.append(f"resident memory grows {slope:.2f} MiB per hour")
+    if len(steady) > 2:
+        mean_t = sum(t for t, _ in steady) / len(steady)
+        mean_k = sum(k for _, k in steady) / len(steady)
+        den = sum((t - mean_t) ** 2 for t, _ in steady)
+        slope = sum((t - mean_t) * (k - mean_k) for t, k in steady) / den / 1024 * 3600
+        span = steady[-1][0] - steady[0][0]
+        print(f"steady: {steady_presses} presses in {args.steady_secs:.0f} s on one run; RSS "
+              f"{steady[0][1] / 1024:.1f} → {steady[-1][1] / 1024:.1f} MiB over {span:.0f} s; "
+              f"slope {slope:+.2f} MiB per hour")
+        if slope > 1.0 and span >= 600:
+            breaches.append(f"resident memory grows {slope:.2f} MiB per hour while steady")
     print(f"index killed {args.index_kills} times: old table {index_outcomes['old']}, new table {index_outcomes['new']}, "
           f"temporary files left: {len(leftovers)}")
     for breach in breaches:
