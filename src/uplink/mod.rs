@@ -16,7 +16,7 @@
 
 pub mod outbox;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -725,6 +725,8 @@ fn discovery(s: &Settings) -> Vec<(String, Value)> {
 #[derive(Default)]
 struct StatsWindow {
     scans: VecDeque<SeenScan>,
+    /// The keys of `scans`, to count a scan once however often it is resent.
+    keys: HashSet<String>,
 }
 
 struct SeenScan {
@@ -744,7 +746,7 @@ impl StatsWindow {
         else {
             return;
         };
-        if self.scans.iter().any(|seen| seen.key == key) {
+        if !self.keys.insert(key.to_string()) {
             return;
         }
         self.scans.push_back(SeenScan {
@@ -772,7 +774,14 @@ impl StatsWindow {
         in_flight: usize,
     ) -> Value {
         let start = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
-        self.scans.retain(|seen| seen.time >= start);
+        let keys = &mut self.keys;
+        self.scans.retain(|seen| {
+            let keep = seen.time >= start;
+            if !keep {
+                keys.remove(&seen.key);
+            }
+            keep
+        });
         let in_window: Vec<&SeenScan> = self.scans.iter().filter(|s| s.time <= now).collect();
         let count = |outcome: &str| in_window.iter().filter(|s| s.outcome == outcome).count();
         let mut latencies: Vec<f64> = in_window.iter().filter_map(|s| s.total_ms).collect();
