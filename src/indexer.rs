@@ -201,9 +201,39 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
     }
     report.items = builder.len();
     report.embedded = report.items - report.reused.min(report.items);
+    remove_interrupted_writes(job.out);
     builder.write(job.out, job.element)?;
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// Removes the temporary files an `index` killed while writing `out` left beside it (the
+/// atomic write's `.NAME.*.tmp`): each is a whole table's size, and nothing else writes them.
+fn remove_interrupted_writes(out: &Path) {
+    let (Some(dir), Some(name)) = (out.parent(), out.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&prefix) && file.ends_with(".tmp") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(
+                    "removed {}, left by an interrupted index",
+                    entry.path().display()
+                ),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
 }
 
 fn list_images(dir: &Path, report: &mut IndexReport) -> Result<Vec<Candidate>> {
@@ -323,4 +353,39 @@ fn previous_vectors(
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_writes_temporary_file_is_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("catalogue.fkt");
+        let names = [
+            ".catalogue.fkt.a1B2c3.tmp",
+            ".catalogue.fkt.zz.tmp",
+            ".other.fkt.a1B2c3.tmp",
+            "catalogue.fkt",
+            ".catalogue.fkt.keep",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_interrupted_writes(&out);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".catalogue.fkt.keep",
+                ".other.fkt.a1B2c3.tmp",
+                "catalogue.fkt"
+            ]
+        );
+    }
 }
