@@ -84,7 +84,7 @@ grep -qx 'deb-systemd-helper mask fashion-kiosk.service' "$work/calls" || fail "
 : > "$work/calls"
 PATH="$stubs:$PATH" sh "$work/postrm" purge
 grep -qx 'rm -rf /var/lib/fashion-kiosk /var/log/fashion-kiosk /var/lib/fashion-kiosk-uplink' "$work/calls" || fail "postrm purge keeps the data"
-grep -qx 'deluser --quiet --system fashion-kiosk-uplink' "$work/calls" || fail "postrm purge keeps the uplink's user"
+grep -qx 'deb-systemd-helper purge fashion-kiosk-uplink.service' "$work/calls" || fail "postrm purge keeps the uplink unit's state"
 grep -qx 'deb-systemd-helper purge fashion-kiosk.service' "$work/calls" || fail "postrm purge keeps the unit state"
 echo "maintainer scripts: user, groups, folders and unit on configure; data kept on remove, gone on purge"
 
