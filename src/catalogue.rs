@@ -527,6 +527,15 @@ impl Table {
         &self.bytes.as_bytes()[self.vectors_offset..]
     }
 
+    /// Each item's position in the table, by id.
+    pub fn positions(&self) -> std::collections::HashMap<&str, usize> {
+        self.items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.id.as_str(), i))
+            .collect()
+    }
+
     /// The position of metadata column `name`, if the table has it.
     pub fn column(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c == name)

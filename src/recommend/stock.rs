@@ -48,12 +48,7 @@ impl Stock {
     }
 
     fn parse(bytes: &[u8], table: &Table) -> Result<Self> {
-        let index: std::collections::HashMap<&str, usize> = table
-            .items()
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (item.id.as_str(), i))
-            .collect();
+        let index = table.positions();
         let mut reader = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(bytes);

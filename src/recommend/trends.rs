@@ -139,12 +139,7 @@ impl Trends {
                 table.path().display()
             );
         }
-        let index: HashMap<&str, usize> = table
-            .items()
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (item.id.as_str(), i))
-            .collect();
+        let index = table.positions();
         let mut trends = Trends {
             sessions: sidecar.sessions,
             scans: sidecar.scans,
@@ -391,12 +386,7 @@ pub fn next_scan_recall(
 ) -> Result<NextScan> {
     use super::Recommender;
     use crate::config::RecommendConfig;
-    let index: HashMap<&str, usize> = table
-        .items()
-        .iter()
-        .enumerate()
-        .map(|(i, item)| (item.id.as_str(), i))
-        .collect();
+    let index = table.positions();
     let blend = Recommender::new(
         RecommendConfig {
             co_scan_weight,
