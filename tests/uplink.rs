@@ -275,12 +275,32 @@ fn the_kiosks_metrics_parse_as_prometheus_text_and_its_health_reaches_the_state_
     let broker = Broker::start(work, port, &BrokerOptions::default());
     let subscriber = Subscriber::start(port);
     let _uplink = kiosk.start_uplink();
+    // Ready (its health file says so), then one press per scan, each once the last is logged
+    // (under qemu a scan takes long enough for presses to coalesce).
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + broker::PATIENCE;
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let health = work.join("metrics/fashion-kiosk.json");
+    wait_until("the kiosk to be ready", &|| {
+        std::fs::read_to_string(&health).is_ok_and(|h| h.contains("\"running\""))
+    });
+    let logged = || {
+        std::fs::read_to_string(work.join("logs/scans.jsonl")).map_or(0, |log| log.lines().count())
+    };
     {
         let stdin = run.stdin.as_mut().unwrap();
-        for _ in 0..3 {
+        for n in 1..=3 {
+            std::thread::sleep(Duration::from_millis(100));
             stdin.write_all(b"\n").unwrap();
             stdin.flush().unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            wait_until("a scan", &|| logged() >= n);
         }
     }
     subscriber.wait_for("3 scans from the kiosk", |s| {

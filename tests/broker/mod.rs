@@ -27,16 +27,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn mosquitto_binary() -> PathBuf {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .find(|p| p.exists())
-    .expect("these tests need Debian's mosquitto: apt install mosquitto")
+/// A program of Debian's mosquitto package, found where the package puts it (looked up by path:
+/// under qemu-user a spawn of a missing program is not always reported as not found).
+fn mosquitto_program(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("these tests need Debian's mosquitto ({name}): apt install mosquitto")
+        })
 }
 
 /// A mosquitto on 127.0.0.1:`port`, stopped on drop. It queues without limit for a subscriber
@@ -65,16 +65,10 @@ impl Broker {
             Some((user, password)) => {
                 let file = dir.join("passwords");
                 std::fs::write(&file, format!("{user}:{password}\n")).unwrap();
-                let status = Command::new(mosquitto_binary().with_file_name("mosquitto_passwd"))
+                let status = Command::new(mosquitto_program("mosquitto_passwd"))
                     .arg("-U")
                     .arg(&file)
                     .status()
-                    .or_else(|_| {
-                        Command::new("mosquitto_passwd")
-                            .arg("-U")
-                            .arg(&file)
-                            .status()
-                    })
                     .unwrap();
                 assert!(status.success());
                 text += &format!("allow_anonymous false\npassword_file {}\n", file.display());
@@ -91,7 +85,7 @@ impl Broker {
             );
         }
         std::fs::write(&conf, text).unwrap();
-        let child = Command::new(mosquitto_binary())
+        let child = Command::new(mosquitto_program("mosquitto"))
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
