@@ -77,6 +77,34 @@ impl Recall {
     }
 }
 
+/// Looks up the frame at `path` (named `name`) in `table`, calibrated by `scenes` exactly as the
+/// kiosk calibrates from its camera; `card_refused` hears why its card was refused, if it was
+/// (its error ends the look-up; otherwise the frame is looked up without the card).
+pub fn look_up_frame(
+    session: &mut Session,
+    table: &Table,
+    path: &Path,
+    name: &str,
+    scenes: &SceneFiles,
+    how: LookUp,
+    card_refused: impl FnOnce(&str) -> Result<()>,
+) -> Result<QueryResult> {
+    let frame = scenes.for_frame(name)?;
+    if let Some(reason) = &frame.card_refused {
+        card_refused(reason)?;
+    }
+    let calibration = frame.calibration;
+    let colour = scenes.correction(calibration.as_ref());
+    let options = query::Options {
+        reference: calibration.as_ref().map(|c| &c.scene),
+        colour: &colour,
+        region: None,
+        flip: how.flip,
+        crops: how.crops,
+    };
+    query::query_file(session, table, path, options, how.top)
+}
+
 /// Looks up every frame of `dir` in `table`, calibrated by `scenes`; `on_frame` gets each
 /// result (to print it) with the frame's path and name.
 pub fn look_up_folder(
@@ -91,23 +119,11 @@ pub fn look_up_folder(
     let mut recall = Recall::default();
     let mut totals = Vec::new();
     recall.frames = for_each_image(dir, show_progress, |path, name, progress| {
-        let looked_up = (|| -> Result<QueryResult> {
-            let frame = scenes.for_frame(name)?;
-            if let Some(reason) = &frame.card_refused {
-                progress.suspend(|| tracing::warn!("{name}: card refused: {reason}"));
-                recall.cards_refused += 1;
-            }
-            let calibration = frame.calibration;
-            let colour = scenes.correction(calibration.as_ref());
-            let options = query::Options {
-                reference: calibration.as_ref().map(|c| &c.scene),
-                colour: &colour,
-                region: None,
-                flip: how.flip,
-                crops: how.crops,
-            };
-            query::query_file(session, table, path, options, how.top)
-        })();
+        let looked_up = look_up_frame(session, table, path, name, scenes, how, |reason| {
+            progress.suspend(|| tracing::warn!("{name}: card refused: {reason}"));
+            recall.cards_refused += 1;
+            Ok(())
+        });
         let result = match looked_up {
             Ok(result) => result,
             Err(e) => {

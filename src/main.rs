@@ -467,20 +467,20 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
                     .file_name()
                     .and_then(|n| n.to_str())
                     .unwrap_or_default();
-                let frame = scenes.for_frame(name)?;
-                if let Some(reason) = frame.card_refused {
-                    bail!("card refused: {reason}");
-                }
-                let calibration = frame.calibration;
-                let colour = scenes.correction(calibration.as_ref());
-                let options = query::Options {
-                    reference: calibration.as_ref().map(|c| &c.scene),
-                    colour: &colour,
-                    region: None,
+                let how = frames::LookUp {
                     flip: args.flip,
                     crops: args.crops,
+                    top: args.top,
                 };
-                let result = query::query_file(&mut session, &table, image, options, args.top)?;
+                let result = frames::look_up_frame(
+                    &mut session,
+                    &table,
+                    image,
+                    name,
+                    &scenes,
+                    how,
+                    |reason| bail!("card refused: {reason}"),
+                )?;
                 if args.json {
                     println!("{}", serde_json::to_string(&result)?);
                 } else {
