@@ -177,10 +177,7 @@ impl Recommender {
                 .enumerate()
                 .map(|(i, c)| (c.index, i))
                 .collect();
-            let neighbours = trends.neighbours(anchor.index);
-            let best = neighbours.iter().map(|n| n.1).fold(0.0f32, f32::max);
-            for &(index, score) in neighbours {
-                let scaled = if best > 0.0 { score / best } else { 0.0 };
+            for (index, scaled) in trends.co_scans(anchor.index) {
                 match position.get(&index) {
                     Some(&i) => candidates[i].co_scan = scaled,
                     None => {
@@ -302,17 +299,10 @@ impl Recommender {
         let Some(complements) = self.settings.complements.get(sub) else {
             return Vec::new();
         };
-        let co_scans: HashMap<usize, f32> = match &self.trends {
-            Some(trends) => {
-                let neighbours = trends.neighbours(anchor);
-                let best = neighbours.iter().map(|n| n.1).fold(0.0f32, f32::max);
-                neighbours
-                    .iter()
-                    .map(|&(i, s)| (i, if best > 0.0 { s / best } else { 0.0 }))
-                    .collect()
-            }
-            None => HashMap::new(),
-        };
+        let co_scans: HashMap<usize, f32> = self
+            .trends
+            .as_ref()
+            .map_or_else(HashMap::new, |trends| trends.co_scans(anchor).collect());
         let anchor_colour = Self::value(table, anchor, self.columns.colour).unwrap_or("");
         let same = |i: usize, column: Option<usize>| {
             let a = Self::value(table, anchor, column);

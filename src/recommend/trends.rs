@@ -90,6 +90,15 @@ impl Trends {
         self.neighbours.get(&index).map_or(&[], Vec::as_slice)
     }
 
+    /// Item `index`'s co-scan neighbours with their scores scaled to its best (0–1), best first.
+    pub fn co_scans(&self, index: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let neighbours = self.neighbours(index);
+        let best = neighbours.iter().map(|n| n.1).fold(0.0f32, f32::max);
+        neighbours
+            .iter()
+            .map(move |&(i, s)| (i, if best > 0.0 { s / best } else { 0.0 }))
+    }
+
     /// Item `index`'s popularity, 0–1.
     pub fn popularity(&self, index: usize) -> f32 {
         self.popularity.get(&index).copied().unwrap_or(0.0)
