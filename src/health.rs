@@ -135,6 +135,8 @@ pub struct Monitor {
     running: IntGauge,
     /// The last error writing the files, so that a lasting one is logged once.
     write_error: Option<String>,
+    /// Something changed since the files were last written.
+    changed: bool,
 }
 
 /// Latency buckets, seconds: a Pi 5 scan takes about a second, a hung one up to the timeout.
@@ -240,10 +242,12 @@ impl Monitor {
             build_info,
             running,
             write_error: None,
+            changed: true,
         })
     }
 
     pub fn set_model(&mut self, model: ModelHealth) {
+        self.changed = true;
         self.build_info.reset();
         self.build_info
             .with_label_values(&[&self.health.version, &model.name, &model.fingerprint])
@@ -253,6 +257,7 @@ impl Monitor {
 
     /// `running`, `stopped`, or `failed: …` (see [`Health::status`]).
     pub fn set_status(&mut self, status: impl Into<String>) {
+        self.changed = true;
         self.health.status = status.into();
         self.running.set((self.health.status == "running").into());
     }
@@ -263,6 +268,7 @@ impl Monitor {
     }
 
     pub fn set_catalogue(&mut self, catalogue: CatalogueHealth) {
+        self.changed = true;
         self.catalogue_info.reset();
         self.catalogue_info
             .with_label_values(&[&catalogue.fingerprint])
@@ -272,12 +278,14 @@ impl Monitor {
     }
 
     pub fn reload_failed(&mut self) {
+        self.changed = true;
         self.reload_failures.inc();
         self.health.reload_failures += 1;
     }
 
     /// The calibration's time (RFC 3339), or `None` when the scene is not calibrated.
     pub fn set_calibrated(&mut self, taken: Option<String>) {
+        self.changed = true;
         let seconds = taken
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
@@ -287,17 +295,20 @@ impl Monitor {
     }
 
     pub fn set_camera(&mut self, camera: Part) {
+        self.changed = true;
         self.camera_up.set(camera.up.into());
         self.health.camera = camera;
     }
 
     pub fn set_display(&mut self, display: Part) {
+        self.changed = true;
         self.display_up.set(display.up.into());
         self.health.display = display;
     }
 
     /// Counts a finished scan and its stages' times.
     pub fn record_scan(&mut self, outcome: ScanOutcome, stages: StageSeconds) {
+        self.changed = true;
         self.scans.with_label_values(&[outcome.label()]).inc();
         let counts = &mut self.health.scans;
         *match outcome {
@@ -325,6 +336,7 @@ impl Monitor {
     /// Writes both files if a folder is configured; an error is logged (once while it lasts),
     /// never fatal: monitoring must not stop the kiosk.
     pub fn publish(&mut self) {
+        self.changed = false;
         match self.write() {
             Ok(()) => self.write_error = None,
             Err(e) => {
@@ -334,6 +346,13 @@ impl Monitor {
                 }
                 self.write_error = Some(message);
             }
+        }
+    }
+
+    /// [`Monitor::publish`]es if anything changed since the files were last written.
+    pub fn publish_changes(&mut self) {
+        if self.changed {
+            self.publish();
         }
     }
 

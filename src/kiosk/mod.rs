@@ -259,6 +259,8 @@ pub fn run(config: &Config) -> Result<()> {
             pending.push_back(Event::DisplayFailed(e));
             continue;
         }
+        // The health files after the screen: their syncs never delay what the shopper sees.
+        io.monitor.publish_changes();
         let wait = core
             .next_wake(now)
             .saturating_duration_since(Instant::now());
@@ -314,7 +316,7 @@ struct Io<'a> {
 }
 
 impl Io<'_> {
-    /// Notes what `event` says of the kiosk's health; a change is written at once.
+    /// Notes what `event` says of the kiosk's health (written once the screen is up).
     fn observe(&mut self, event: &Event) {
         let monitor = &mut self.monitor;
         match event {
@@ -322,12 +324,11 @@ impl Io<'_> {
             Event::CameraProbed(Err(message)) | Event::Scanned(Outcome::CameraLost(message)) => {
                 monitor.set_camera(Part::down(message.clone()))
             }
-            Event::Scanned(Outcome::Results(_) | Outcome::Nothing) => {
-                if !monitor.health().camera.up {
-                    let detail = monitor.health().camera.detail.clone();
-                    monitor.set_camera(Part::up(detail));
-                }
-                return;
+            Event::Scanned(Outcome::Results(_) | Outcome::Nothing)
+                if !monitor.health().camera.up =>
+            {
+                let detail = monitor.health().camera.detail.clone();
+                monitor.set_camera(Part::up(detail));
             }
             Event::DisplayFailed(message) => monitor.set_display(Part::down(message.clone())),
             Event::DisplayBack(name) => monitor.set_display(Part::up(name.clone())),
@@ -335,9 +336,8 @@ impl Io<'_> {
             Event::Calibrated(Ok(_)) => monitor.set_calibrated(
                 load_calibration(self.config).and_then(|calibration| calibration.taken),
             ),
-            _ => return,
+            _ => {}
         }
-        monitor.publish();
     }
 
     /// Records that the service stops, with `result`, and returns it.
@@ -451,7 +451,6 @@ impl Io<'_> {
                     items,
                     fingerprint: table.content_id(),
                 });
-                self.monitor.publish();
                 let recommender = recommender_for(self.config, &table, &mut self.store);
                 let _ = self
                     .requests
@@ -678,7 +677,6 @@ fn log_scan(
             ("total", latency.total / 1000.0),
         ],
     );
-    monitor.publish();
     match (results.first(), error) {
         (Some(best), _) => tracing::info!(
             "scan {scan}: {} ({:.3}) … in {:.0} ms",
