@@ -595,6 +595,16 @@ impl Table {
     /// Exact top-`k` by cosine similarity (vectors are unit length, so the dot product) between
     /// `query` and every item, best first. `skip` excludes one item (leave-one-out evaluation).
     pub fn nearest(&self, query: &[f32], k: usize, skip: Option<usize>) -> Result<Vec<Hit>> {
+        self.nearest_where(query, k, |index| Some(index) != skip)
+    }
+
+    /// Exact top-`k` among the items (by position) that `allowed` accepts, best first.
+    pub fn nearest_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Result<Vec<Hit>> {
         ensure!(
             query.len() == self.dim,
             "query has {} values, table {} holds {}-d vectors",
@@ -605,7 +615,7 @@ impl Table {
         let mut top = TopK::new(k);
         let mut scratch = vec![0f32; self.dim];
         for index in 0..self.items.len() {
-            if Some(index) == skip {
+            if !allowed(index) {
                 continue;
             }
             let score = match self.element {

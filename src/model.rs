@@ -70,12 +70,60 @@ pub struct InputSpec {
     pub resize: String,
 }
 
-/// How a non-square frame is brought to the network's square input.
+/// How a frame is brought to the network's input shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CropRule {
-    /// The largest centred square.
+    /// The largest centred square (for a square input).
     CentreSquare,
+    /// The largest centred part with the input's width-to-height ratio.
+    CentreAspect,
+}
+
+impl InputSpec {
+    /// Checks every field; errors name the field (the caller names the file).
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (16..=2048).contains(&self.width) && (16..=2048).contains(&self.height),
+            "field `input.width`/`input.height` must be within 16..=2048, got {}x{}",
+            self.width,
+            self.height
+        );
+        ensure!(
+            self.crop != CropRule::CentreSquare || self.width == self.height,
+            "field `input.crop` is \"centre-square\" but the input is {}x{}",
+            self.width,
+            self.height
+        );
+        ensure!(
+            self.layout == "NCHW",
+            "field `input.layout` must be \"NCHW\", got {:?}",
+            self.layout
+        );
+        ensure!(
+            self.colour_order == "RGB",
+            "field `input.colour_order` must be \"RGB\", got {:?}",
+            self.colour_order
+        );
+        ensure!(
+            self.resize == "bilinear",
+            "field `input.resize` must be \"bilinear\", got {:?}",
+            self.resize
+        );
+        ensure!(
+            self.value_scale.is_finite() && self.value_scale > 0.0,
+            "field `input.value_scale` must be a positive number"
+        );
+        ensure!(
+            self.std.iter().all(|s| s.is_finite() && *s > 0.0),
+            "field `input.std` must hold three positive numbers"
+        );
+        ensure!(
+            self.mean.iter().all(|m| m.is_finite()),
+            "field `input.mean` must hold three numbers"
+        );
+        Ok(())
+    }
 }
 
 /// What the network produces.
@@ -124,40 +172,7 @@ impl Manifest {
             Fingerprint::from_hex(&self.sha256).is_some(),
             "field `sha256` must be 64 hex digits"
         );
-        let input = &self.input;
-        ensure!(
-            (16..=2048).contains(&input.width) && (16..=2048).contains(&input.height),
-            "field `input.width`/`input.height` must be within 16..=2048, got {}x{}",
-            input.width,
-            input.height
-        );
-        ensure!(
-            input.layout == "NCHW",
-            "field `input.layout` must be \"NCHW\", got {:?}",
-            input.layout
-        );
-        ensure!(
-            input.colour_order == "RGB",
-            "field `input.colour_order` must be \"RGB\", got {:?}",
-            input.colour_order
-        );
-        ensure!(
-            input.resize == "bilinear",
-            "field `input.resize` must be \"bilinear\", got {:?}",
-            input.resize
-        );
-        ensure!(
-            input.value_scale.is_finite() && input.value_scale > 0.0,
-            "field `input.value_scale` must be a positive number"
-        );
-        ensure!(
-            input.std.iter().all(|s| s.is_finite() && *s > 0.0),
-            "field `input.std` must hold three positive numbers"
-        );
-        ensure!(
-            input.mean.iter().all(|m| m.is_finite()),
-            "field `input.mean` must hold three numbers"
-        );
+        self.input.validate()?;
         ensure!(
             (1..=65536).contains(&self.output.dim),
             "field `output.dim` must be within 1..=65536, got {}",

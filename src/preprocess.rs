@@ -9,7 +9,7 @@ use fast_image_resize::images::Image as ResizeImage;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
-use crate::model::InputSpec;
+use crate::model::{CropRule, InputSpec};
 
 /// Which part of a frame holds the item, before the manifest's centred-square crop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,6 +128,8 @@ pub struct Preprocessor {
     /// Per channel: tensor value = pixel * scale + offset  (== (pixel / value_scale - mean) / std).
     scale: [f32; 3],
     offset: [f32; 3],
+    /// Width ÷ height of the part of the region that is resized (the input's).
+    aspect: f64,
 }
 
 impl Preprocessor {
@@ -139,19 +141,21 @@ impl Preprocessor {
             resized: ResizeImage::new(input.width, input.height, PixelType::U8x3),
             scale,
             offset,
+            aspect: match input.crop {
+                CropRule::CentreSquare => 1.0,
+                CropRule::CentreAspect => input.width as f64 / input.height as f64,
+            },
         }
     }
 
-    /// Crops `region` of `image`, takes its centred square, resizes it to the input size and writes
-    /// the normalised planes (R, G, B) into `out`, which holds 3 × width × height values.
+    /// Crops `region` of `image`, takes its centred part of the input's shape (a square for a
+    /// square input), resizes it to the input size and writes the normalised planes (R, G, B) into
+    /// `out`, which holds 3 × width × height values.
     pub fn run(&mut self, image: &RgbImage, region: Region, out: &mut [f32]) -> Result<()> {
-        let (x, y, w, h) = region_bounds(image, region)?;
-        let side = w.min(h);
-        let left = x + (w - side) / 2;
-        let top = y + (h - side) / 2;
+        let (left, top, width, height) = self.view(image, region)?;
         let options = ResizeOptions::new()
             .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-            .crop(left as f64, top as f64, side as f64, side as f64);
+            .crop(left as f64, top as f64, width as f64, height as f64);
         self.resizer
             .resize(image, &mut self.resized, &options)
             .context("resizing the frame failed")?;
@@ -173,6 +177,20 @@ impl Preprocessor {
             blue[i] = pixel[2] as f32 * sb + ob;
         }
         Ok(())
+    }
+}
+
+impl Preprocessor {
+    /// The part of `region` of `image` that [`Preprocessor::run`] resizes, `(x, y, width,
+    /// height)`: the largest centred part with the input's shape.
+    pub fn view(&self, image: &RgbImage, region: Region) -> Result<(u32, u32, u32, u32)> {
+        let (x, y, w, h) = region_bounds(image, region)?;
+        let (width, height) = if w as f64 / h as f64 > self.aspect {
+            (((h as f64 * self.aspect).round() as u32).clamp(1, w), h)
+        } else {
+            (w, ((w as f64 / self.aspect).round() as u32).clamp(1, h))
+        };
+        Ok((x + (w - width) / 2, y + (h - height) / 2, width, height))
     }
 }
 
