@@ -15,6 +15,7 @@ use crate::device::Camera;
 use crate::device::{self, Screen};
 use crate::health::{self, CatalogueHealth, Health, ModelHealth, Part};
 use crate::model::Embedder;
+use crate::outfit::Outfits;
 use crate::recommend::{stock::Stock, trends::Trends};
 use crate::scanlog::ScanLog;
 
@@ -243,6 +244,35 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
                 }),
             ));
         }
+    }
+    if let Some(settings) = &config.outfit {
+        findings.push(finding(
+            "outfits",
+            Outfits::load(settings).map(|outfits| {
+                let manifest = outfits.parser.manifest();
+                let mut line = format!(
+                    "garment parser {} ({}, {}): {}",
+                    manifest.name,
+                    outfits.parser.manifest_path().display(),
+                    manifest.fingerprint().short(),
+                    settings
+                        .garments
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if let Ok(table) = &table {
+                    let unknown = outfits.unknown_categories(table);
+                    if unknown.is_empty() {
+                        line.push_str("; every category is in the catalogue");
+                    } else {
+                        line.push_str(&format!("; the catalogue has no {}", unknown.join(", ")));
+                    }
+                }
+                line
+            }),
+        ));
     }
     let calibration = config
         .scene

@@ -33,6 +33,9 @@ pub struct Config {
     pub uplink: Option<UplinkConfig>,
     /// Re-ranking and "goes with"; without it a scan shows the visual look-alikes.
     pub recommend: Option<RecommendConfig>,
+    /// Outfits: each garment on a person in view looked up on its own; without it a scan looks
+    /// up the whole frame as one item.
+    pub outfit: Option<OutfitConfig>,
 }
 
 /// `[model]`: which network embeds the frames.
@@ -412,6 +415,126 @@ impl RecommendConfig {
     }
 }
 
+/// `[outfit]`: the garment parser and how its garments are looked up (see `src/outfit/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutfitConfig {
+    /// The parser's manifest (`models/garment-parser.manifest.json`); `None` = the bundled one.
+    pub parser: Option<PathBuf>,
+    /// A person is in view when skin, hair and garments cover at least this share of the view
+    /// and skin or hair at least a tenth of that (a held-up shirt shows neither).
+    pub person_share: f32,
+    /// A garment is looked up when it covers at least this share of the view.
+    pub min_share: f32,
+    /// At most this many garments are looked up (the largest; each costs an embedding).
+    pub max_garments: usize,
+    /// The table column the garments' categories are in.
+    pub category_column: String,
+    /// The table column of the items' colour names (`baseColour`).
+    pub colour_column: String,
+    /// Among the `candidates` nearest items of a garment's categories, those of the garment's
+    /// colour come first.
+    pub colour_first: bool,
+    pub candidates: usize,
+    /// Parser class → how it is shown and the categories it is looked up among.
+    pub garments: std::collections::BTreeMap<String, GarmentConfig>,
+}
+
+/// One garment class of `[outfit.garments]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GarmentConfig {
+    /// Its name on the screen (at most 5 characters show).
+    pub label: String,
+    /// The values of `category_column` it is looked up among.
+    pub categories: Vec<String>,
+}
+
+impl Default for OutfitConfig {
+    fn default() -> Self {
+        let garments = [
+            ("upper", "Top", &["Topwear"][..]),
+            ("lower", "Legs", &["Bottomwear"]),
+            ("full", "Dress", &["Dress"]),
+            ("footwear", "Shoes", &["Shoes", "Sandal", "Flip Flops"]),
+            ("bag", "Bag", &["Bags", "Wallets"]),
+            (
+                "accessories",
+                "Acc",
+                &[
+                    "Belts",
+                    "Headwear",
+                    "Eyewear",
+                    "Watches",
+                    "Scarves",
+                    "Mufflers",
+                    "Stoles",
+                    "Socks",
+                    "Jewellery",
+                    "Ties",
+                    "Gloves",
+                    "Accessories",
+                ],
+            ),
+        ]
+        .into_iter()
+        .map(|(class, label, categories)| {
+            (
+                class.to_string(),
+                GarmentConfig {
+                    label: label.to_string(),
+                    categories: categories.iter().map(|c| c.to_string()).collect(),
+                },
+            )
+        })
+        .collect();
+        OutfitConfig {
+            parser: None,
+            person_share: 0.08,
+            min_share: 0.004,
+            max_garments: 4,
+            category_column: "subCategory".into(),
+            colour_column: "baseColour".into(),
+            colour_first: true,
+            candidates: 30,
+            garments,
+        }
+    }
+}
+
+impl OutfitConfig {
+    /// The parser's manifest: the configured one, else the bundled one.
+    pub fn parser_manifest(&self) -> PathBuf {
+        self.parser
+            .clone()
+            .unwrap_or_else(|| resources::locate(resources::GARMENT_PARSER))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.person_share.is_finite() && (0.0..=1.0).contains(&self.person_share)) {
+            bail!("outfit.person_share = {}: must be 0–1", self.person_share);
+        }
+        if !(self.min_share.is_finite() && (0.0..=1.0).contains(&self.min_share)) {
+            bail!("outfit.min_share = {}: must be 0–1", self.min_share);
+        }
+        if !(1..=8).contains(&self.max_garments) {
+            bail!("outfit.max_garments = {}: must be 1–8", self.max_garments);
+        }
+        if !(1..=1000).contains(&self.candidates) {
+            bail!("outfit.candidates = {}: must be 1–1000", self.candidates);
+        }
+        for (class, garment) in &self.garments {
+            if garment.label.trim().is_empty() {
+                bail!("outfit.garments.{class}.label is empty");
+            }
+            if garment.categories.is_empty() {
+                bail!("outfit.garments.{class}.categories is empty");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[uplink]`: the MQTT broker that `fashion-kiosk uplink` publishes the scan log and the
 /// kiosk's health to.
 #[derive(Debug, Clone, Deserialize)]
@@ -598,6 +721,9 @@ impl Config {
                 fix(p)
             }
         }
+        if let Some(p) = self.outfit.as_mut().and_then(|o| o.parser.as_mut()) {
+            fix(p)
+        }
         if let Some(uplink) = self.uplink.as_mut() {
             fix(&mut uplink.checkpoint);
             for p in [uplink.ca_file.as_mut(), uplink.credentials.as_mut()]
@@ -738,6 +864,9 @@ impl Config {
         if let Some(recommend) = &self.recommend {
             recommend.validate()?;
         }
+        if let Some(outfit) = &self.outfit {
+            outfit.validate()?;
+        }
         Ok(())
     }
 }
@@ -861,6 +990,58 @@ mod tests {
         with_uplink.validate().unwrap();
         let uplink = with_uplink.uplink.unwrap();
         assert_eq!((uplink.port(), uplink.tls), (8883, true));
+    }
+
+    #[test]
+    fn the_commented_outfit_example_is_valid_and_is_the_default() {
+        let text = include_str!("../systemd/kiosk.toml");
+        let start = text.find("# [outfit]").expect("an [outfit] example");
+        let end = start
+            + text[start..]
+                .find("\n[metrics]")
+                .expect("[metrics] after it");
+        let uncommented: String = text[start..end]
+            .lines()
+            .map(|line| format!("{}\n", line.strip_prefix("# ").unwrap_or(line)))
+            .collect();
+        let config = Config::parse(&format!("{MINIMAL}\n{uncommented}")).unwrap();
+        config.validate().unwrap();
+        let outfit = config.outfit.unwrap();
+        let default = OutfitConfig::default();
+        assert_eq!(outfit.garments.len(), default.garments.len());
+        for (class, garment) in &default.garments {
+            assert_eq!(outfit.garments[class].label, garment.label, "{class}");
+            assert_eq!(
+                outfit.garments[class].categories, garment.categories,
+                "{class}"
+            );
+        }
+        assert_eq!(
+            (
+                outfit.person_share,
+                outfit.min_share,
+                outfit.max_garments,
+                outfit.candidates
+            ),
+            (
+                default.person_share,
+                default.min_share,
+                default.max_garments,
+                default.candidates
+            )
+        );
+        for (field, value) in [
+            ("outfit.min_share", "min_share = 2"),
+            ("outfit.max_garments", "max_garments = 0"),
+            (
+                "outfit.garments.upper.categories",
+                "garments.upper = { label = \"Top\", categories = [] }",
+            ),
+        ] {
+            let config = Config::parse(&format!("{MINIMAL}\n[outfit]\n{value}\n")).unwrap();
+            let err = format!("{:#}", config.validate().unwrap_err());
+            assert!(err.contains(field), "{value}: {err}");
+        }
     }
 
     #[test]

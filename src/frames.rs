@@ -11,6 +11,7 @@ use crate::calibration::SceneFiles;
 use crate::catalogue::Table;
 use crate::foreground;
 use crate::model::Session;
+use crate::outfit::OutfitScanner;
 use crate::preprocess::{decode_file, list_images};
 use crate::query::{self, FoundBy, QueryResult};
 
@@ -58,6 +59,8 @@ pub struct Recall {
     pub at5: usize,
     /// Frames where nothing differed from the empty scene.
     pub nothing: usize,
+    /// Frames the garment parser took for a person (each garment looked up on its own).
+    pub outfits: usize,
     /// Cards refused (those frames were looked up without one, as a kiosk keeps its last
     /// calibration).
     pub cards_refused: usize,
@@ -80,6 +83,7 @@ impl Recall {
 /// Looks up the frame at `path` (named `name`) in `table`, calibrated by `scenes` exactly as the
 /// kiosk calibrates from its camera; `card_refused` hears why its card was refused, if it was
 /// (its error ends the look-up; otherwise the frame is looked up without the card).
+#[allow(clippy::too_many_arguments)]
 pub fn look_up_frame(
     session: &mut Session,
     table: &Table,
@@ -87,6 +91,7 @@ pub fn look_up_frame(
     name: &str,
     scenes: &SceneFiles,
     how: LookUp,
+    outfit: Option<&mut OutfitScanner>,
     card_refused: impl FnOnce(&str) -> Result<()>,
 ) -> Result<QueryResult> {
     let frame = scenes.for_frame(name)?;
@@ -102,24 +107,27 @@ pub fn look_up_frame(
         flip: how.flip,
         crops: how.crops,
     };
-    query::query_file(session, table, path, options, how.top)
+    query::query_file(session, table, path, options, how.top, outfit)
 }
 
 /// Looks up every frame of `dir` in `table`, calibrated by `scenes`; `on_frame` gets each
 /// result (to print it) with the frame's path and name.
+#[allow(clippy::too_many_arguments)]
 pub fn look_up_folder(
     session: &mut Session,
     table: &Table,
     dir: &Path,
     scenes: &SceneFiles,
     how: LookUp,
+    mut outfit: Option<&mut OutfitScanner>,
     show_progress: bool,
     mut on_frame: impl FnMut(&Path, &str, &QueryResult, &ProgressBar) -> Result<()>,
 ) -> Result<Recall> {
     let mut recall = Recall::default();
     let mut totals = Vec::new();
     recall.frames = for_each_image(dir, show_progress, |path, name, progress| {
-        let looked_up = look_up_frame(session, table, path, name, scenes, how, |reason| {
+        let outfit = outfit.as_deref_mut();
+        let looked_up = look_up_frame(session, table, path, name, scenes, how, outfit, |reason| {
             progress.suspend(|| tracing::warn!("{name}: card refused: {reason}"));
             recall.cards_refused += 1;
             Ok(())
@@ -133,7 +141,12 @@ pub fn look_up_folder(
             }
         };
         let id = name.split(['_', '.']).next().unwrap_or_default();
-        let rank = result.results.iter().position(|r| r.id == id);
+        // An outfit's garments each have their own list: the item's best place in any.
+        let rank = std::iter::once(&result.results)
+            .chain(result.garments.iter().map(|g| &g.results))
+            .filter_map(|results| results.iter().position(|r| r.id == id))
+            .min();
+        recall.outfits += usize::from(result.region == FoundBy::Outfit);
         recall.at1 += usize::from(rank == Some(0));
         recall.at5 += usize::from(rank.is_some_and(|r| r < 5));
         recall.nothing += usize::from(result.region == FoundBy::Nothing);

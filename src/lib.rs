@@ -2,7 +2,8 @@
 //!
 //! The core is pure and device-free: [`preprocess`] an image as the [`model`] manifest says,
 //! embed it with tract, and search the [`catalogue`] table for the nearest items; in a fixed
-//! camera's frame, [`foreground`] finds the item by its difference to the empty scene. [`indexer`]
+//! camera's frame, [`foreground`] finds the item by its difference to the empty scene; with a
+//! person in view, the [`outfit`] garment parser finds each garment to look up on its own. [`indexer`]
 //! builds tables, [`evaluate`] measures their quality and [`bench`] their speed.
 //!
 //! The [`kiosk`] service runs it all day on a Pi: [`device`] drivers (camera, button, OLED) behind
@@ -23,6 +24,7 @@ pub mod indexer;
 pub mod kiosk;
 pub mod labels;
 pub mod model;
+pub mod outfit;
 pub mod preprocess;
 pub mod query;
 pub mod recommend;

@@ -6,13 +6,16 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use indicatif::ProgressBar;
 
 use fashion_kiosk::calibration::{Calibration, ColourSettings, SceneFiles};
 use fashion_kiosk::catalogue::{Element, Table};
-use fashion_kiosk::config::{Config, Overrides};
+use fashion_kiosk::colour::Correction;
+use fashion_kiosk::config::{Config, OutfitConfig, Overrides};
 use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
 use fashion_kiosk::model::{self, Embedder};
+use fashion_kiosk::outfit::{self, evaluate::Split, OutfitScanner};
 use fashion_kiosk::preprocess;
 use fashion_kiosk::query::FoundBy;
 use fashion_kiosk::{bench, check, evaluate, frames, kiosk, query, resources};
@@ -75,6 +78,51 @@ impl ModelArg {
     }
 }
 
+/// Outfits: the garment parser and its settings.
+#[derive(Args)]
+struct OutfitArgs {
+    /// With a person in view, look up each garment on its own (the garment parser).
+    #[arg(long)]
+    outfit: bool,
+    /// The garment parser's manifest (default: the bundled one); implies --outfit.
+    #[arg(long, value_name = "MANIFEST")]
+    parser: Option<PathBuf>,
+    /// Take the `[outfit]` settings from this kiosk config (default: the built-in ones); implies
+    /// --outfit.
+    #[arg(long, value_name = "CONFIG")]
+    outfit_config: Option<PathBuf>,
+    /// Each garment's results in visual order (`outfit.colour_first = false`).
+    #[arg(long)]
+    visual_order: bool,
+}
+
+impl OutfitArgs {
+    /// The outfit settings, when outfits are asked for (`always`: they are).
+    fn settings(&self, always: bool) -> Result<Option<OutfitConfig>> {
+        let mut settings = match &self.outfit_config {
+            Some(path) => Config::load(path, &Overrides::default())?
+                .outfit
+                .with_context(|| format!("{}: no [outfit] section", path.display()))?,
+            None if always || self.outfit || self.parser.is_some() => OutfitConfig::default(),
+            None => return Ok(None),
+        };
+        if let Some(parser) = &self.parser {
+            settings.parser = Some(parser.clone());
+        }
+        if self.visual_order {
+            settings.colour_first = false;
+        }
+        Ok(Some(settings))
+    }
+
+    /// The parser and a session, when outfits are asked for.
+    fn load(&self, always: bool) -> Result<Option<OutfitScanner>> {
+        self.settings(always)?
+            .map(|settings| OutfitScanner::load(&settings))
+            .transpose()
+    }
+}
+
 #[derive(Args)]
 struct IndexArgs {
     /// Folder of catalogue images (JPEG, PNG, WebP).
@@ -134,6 +182,8 @@ struct QueryArgs {
     threads: Option<usize>,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    outfit: OutfitArgs,
 }
 
 /// How camera frames read from files are calibrated, as a kiosk calibrates its camera.
@@ -208,8 +258,23 @@ struct EvalArgs {
     #[arg(long, value_name = "TABLE")]
     table: PathBuf,
     /// Labels CSV (by item id).
-    #[arg(long, value_name = "CSV")]
-    labels: PathBuf,
+    #[arg(long, value_name = "CSV", required_unless_present = "outfits")]
+    labels: Option<PathBuf>,
+    /// Instead: a folder of annotated street photos (`photos/`, `masks/`, `labels.txt`, as
+    /// `shared/outfits/`): per garment, precision@k of the category and colour for the whole
+    /// frame as one query and for the parser's garments, and the parser's IoU.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["recommend", "reference"])]
+    outfits: Option<PathBuf>,
+    /// With --outfits: which photos.
+    #[arg(long, value_enum, default_value = "validation")]
+    split: Split,
+    /// With --outfits: threads for the networks (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    outfit: OutfitArgs,
     /// Label columns to score, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "articleType,baseColour")]
     by: Vec<String>,
@@ -458,6 +523,7 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
     let embedder = args.model.load()?;
     let table = embedder.load_table(&args.table)?;
     let mut session = embedder.session()?;
+    let mut outfit = args.outfit.load(false)?;
     let threads = args.threads.unwrap_or_else(all_cores);
     tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
         match (&args.image, &args.images) {
@@ -479,6 +545,7 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
                     name,
                     &scenes,
                     how,
+                    outfit.as_mut(),
                     |reason| bail!("card refused: {reason}"),
                 )?;
                 if args.json {
@@ -488,7 +555,7 @@ fn cmd_query(args: QueryArgs) -> Result<()> {
                 }
                 Ok(())
             }
-            (None, Some(dir)) => query_folder(&mut session, &table, dir, &args),
+            (None, Some(dir)) => query_folder(&mut session, &table, dir, outfit.as_mut(), &args),
             (None, None) => bail!("give --image or --images"),
         }
     })
@@ -523,6 +590,7 @@ fn query_folder(
     session: &mut model::Session,
     table: &Table,
     dir: &Path,
+    outfit: Option<&mut OutfitScanner>,
     args: &QueryArgs,
 ) -> Result<()> {
     let how = frames::LookUp {
@@ -538,6 +606,7 @@ fn query_folder(
         dir,
         &scenes,
         how,
+        outfit,
         show_progress,
         |path, name, result, progress| {
             if args.json {
@@ -563,6 +632,12 @@ fn query_folder(
         recall.cards_refused,
         recall.median_ms
     );
+    if args.outfit.parser.is_some() || args.outfit.outfit || args.outfit.outfit_config.is_some() {
+        eprintln!(
+            "{} of them taken for a person: their garments looked up one by one",
+            recall.outfits
+        );
+    }
     Ok(())
 }
 
@@ -573,34 +648,68 @@ fn all_cores() -> usize {
 fn print_results(image: &Path, result: &query::QueryResult) {
     println!("{}:", image.display());
     for (rank, r) in result.results.iter().enumerate() {
-        let meta: Vec<String> = r
-            .metadata
-            .values()
-            .filter_map(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
         println!(
             "  {:>2}. {:<10} {:.3}  {}",
             rank + 1,
             r.id,
             r.score,
-            meta.join(", ")
+            meta_line(r)
         );
+    }
+    for garment in &result.garments {
+        let [x, y, w, h] = garment.bbox;
+        println!(
+            "  {} ({}, {}, {w}x{h}+{x}+{y}, {:.1}% of the view{}):",
+            garment.label,
+            garment.class,
+            garment.colour,
+            100.0 * garment.share,
+            if garment.cut_by_edge {
+                ", cut by the frame's edge"
+            } else {
+                ""
+            }
+        );
+        for (rank, r) in garment.results.iter().enumerate() {
+            println!(
+                "    {:>2}. {:<10} {:.3}  {}",
+                rank + 1,
+                r.id,
+                r.score,
+                meta_line(r)
+            );
+        }
+    }
+    if let Some(note) = &result.note {
+        println!("  {note}");
     }
     if result.region == FoundBy::Nothing {
         println!("  nothing differs from the empty scene: no item to look up");
     }
     let l = &result.latency_ms;
     println!(
-        "  latency: decode {:.1} ms, foreground {:.1} ms, preprocess {:.1} ms, embed {:.1} ms, search {:.1} ms, total {:.1} ms",
-        l.decode, l.foreground, l.preprocess, l.embed, l.search, l.total
+        "  latency: decode {:.1} ms, parse {:.1} ms, foreground {:.1} ms, preprocess {:.1} ms, embed {:.1} ms, search {:.1} ms, total {:.1} ms",
+        l.decode, l.parse, l.foreground, l.preprocess, l.embed, l.search, l.total
     );
 }
 
+/// A result's non-empty metadata values, comma-separated.
+fn meta_line(r: &query::Recommendation) -> String {
+    let meta: Vec<&str> = r
+        .metadata
+        .values()
+        .filter_map(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
+    meta.join(", ")
+}
+
 fn cmd_eval(args: EvalArgs) -> Result<()> {
+    if let Some(dir) = &args.outfits {
+        return eval_outfits(&args, dir);
+    }
     let table = Table::load(&args.table)?;
-    let labels = Labels::load(&args.labels)?;
+    let labels = Labels::load(args.labels.as_deref().context("give --labels")?)?;
     if let Some(config) = &args.recommend {
         return eval_recommend(&args, &table, config);
     }
@@ -637,6 +746,52 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             args.reference.unwrap().display(),
             recall
         );
+    }
+    Ok(())
+}
+
+/// `eval --outfits`: garments of annotated street photos, whole frame against the parser's.
+fn eval_outfits(args: &EvalArgs, dir: &Path) -> Result<()> {
+    let embedder = args.model.load()?;
+    let table = embedder.load_table(&args.table)?;
+    let mut session = embedder.session()?;
+    let mut scanner = args.outfit.load(true)?.expect("outfits always load here");
+    let colour = Correction::default();
+    let options = query::Options {
+        reference: None,
+        colour: &colour,
+        region: None,
+        flip: false,
+        crops: false,
+    };
+    let progress = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    let threads = args.threads.unwrap_or_else(all_cores);
+    let figures =
+        tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
+            outfit::evaluate::measure(
+                &scanner.outfits,
+                &mut scanner.parse,
+                &mut session,
+                &table,
+                dir,
+                options,
+                args.split,
+                args.k,
+                |done, total| {
+                    progress.set_length(total as u64);
+                    progress.set_position(done as u64);
+                },
+            )
+        })?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&figures)?);
+    } else {
+        print!("{figures}");
     }
     Ok(())
 }

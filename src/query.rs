@@ -12,6 +12,7 @@ use crate::catalogue::{Hit, Table};
 use crate::colour::{self, Correction};
 use crate::foreground::{self, BackgroundModel, Foreground};
 use crate::model::{normalise, Session};
+use crate::outfit::{GarmentResult, OutfitScanner};
 use crate::preprocess::{decode_file, region_bounds, Region};
 use crate::recommend::{Ranked, Recommender};
 
@@ -36,6 +37,8 @@ pub struct Recommendation {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
     pub decode: f64,
+    /// Parsing the frame into garments (0 without a garment parser).
+    pub parse: f64,
     /// Finding the item in the frame (by its difference to the empty scene, or without one by
     /// what stands out; 0 for a configured region).
     pub foreground: f64,
@@ -59,6 +62,8 @@ pub enum FoundBy {
     Centre,
     /// The frame matches the empty scene: nothing to look up.
     Nothing,
+    /// A person in view: each garment was looked up on its own.
+    Outfit,
 }
 
 impl FoundBy {
@@ -70,6 +75,7 @@ impl FoundBy {
             FoundBy::Salient => "salient",
             FoundBy::Centre => "centre",
             FoundBy::Nothing => "nothing",
+            FoundBy::Outfit => "outfit",
         }
     }
 }
@@ -77,11 +83,18 @@ impl FoundBy {
 /// The answer to one look-up.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryResult {
-    /// How the item was found (JSON: "reference", "region", "salient", "centre" or "nothing").
+    /// How the item was found (JSON: "reference", "region", "salient", "centre", "nothing" or
+    /// "outfit").
     pub region: FoundBy,
     /// The colour correction applied to what was embedded.
     pub colour: colour::Applied,
     pub results: Vec<Recommendation>,
+    /// With a person in view (`region` "outfit"): each garment found and its own results.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub garments: Vec<GarmentResult>,
+    /// Why an outfit scan fell back to the whole frame (a person but no garment found).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub latency_ms: Latency,
     /// The embedding searched with (unit norm; empty when nothing was embedded).
     #[serde(skip)]
@@ -97,7 +110,7 @@ pub struct StageTimes {
 }
 
 /// The table's items for `hits`, with their metadata.
-fn recommendations(table: &Table, hits: &[Hit]) -> Vec<Recommendation> {
+pub fn recommendations(table: &Table, hits: &[Hit]) -> Vec<Recommendation> {
     hits.iter().map(|hit| recommendation(table, *hit)).collect()
 }
 
@@ -265,6 +278,8 @@ pub fn query_image(
             region: subject.path,
             colour: subject.colour,
             results: Vec::new(),
+            garments: Vec::new(),
+            note: None,
             latency_ms: Latency {
                 foreground: total,
                 total,
@@ -279,8 +294,11 @@ pub fn query_image(
         region: subject.path,
         colour: subject.colour,
         results,
+        garments: Vec::new(),
+        note: None,
         latency_ms: Latency {
             decode: 0.0,
+            parse: 0.0,
             foreground: ms(start, isolated),
             preprocess: times.preprocess,
             embed: times.embed,
@@ -302,6 +320,22 @@ pub fn look_up(
     options: Options,
     top: usize,
 ) -> Result<(Vec<Recommendation>, Vec<f32>, StageTimes)> {
+    let (vector, mut times) = embed(session, table.dim(), image, region, options)?;
+    let start = Instant::now();
+    let hits = table.nearest(&vector, top, None)?;
+    times.search = ms(start, Instant::now());
+    Ok((recommendations(table, &hits), vector, times))
+}
+
+/// The unit-norm embedding of `image` (its `region`; with `options.crops` or `options.flip` the
+/// mean of several views), with the time spent preprocessing and embedding.
+pub fn embed(
+    session: &mut Session,
+    dim: usize,
+    image: &RgbImage,
+    region: Region,
+    options: Options,
+) -> Result<(Vec<f32>, StageTimes)> {
     let mut areas = vec![region];
     if options.crops {
         areas.extend(five_crops(region_bounds(image, region)?));
@@ -316,7 +350,7 @@ pub fn look_up(
         views.extend(areas.iter().map(|&area| (mirrored, mirror(area, width))));
     }
     let mut times = StageTimes::default();
-    let mut vector = vec![0f32; table.dim()];
+    let mut vector = vec![0f32; dim];
     for (view, area) in views {
         let start = Instant::now();
         session.preprocess(view, area)?;
@@ -329,10 +363,7 @@ pub fn look_up(
         times.embed += ms(prepared, Instant::now());
     }
     normalise(&mut vector);
-    let start = Instant::now();
-    let hits = table.nearest(&vector, top, None)?;
-    times.search = ms(start, Instant::now());
-    Ok((recommendations(table, &hits), vector, times))
+    Ok((vector, times))
 }
 
 /// `region` of an image `width` pixels wide, in the image's mirror image.
@@ -374,18 +405,23 @@ fn five_crops((x, y, width, height): (u32, u32, u32, u32)) -> [Region; 5] {
     ]
 }
 
-/// Looks up the image at `path` in `table`, returning the `top` best items.
+/// Looks up the image at `path` in `table`, returning the `top` best items; with `outfit`, each
+/// garment of a person in view (see [`crate::outfit::query_frame`]).
 pub fn query_file(
     session: &mut Session,
     table: &Table,
     path: &Path,
     options: Options,
     top: usize,
+    outfit: Option<&mut OutfitScanner>,
 ) -> Result<QueryResult> {
     let start = Instant::now();
     let image = decode_file(path)?;
     let decoded = Instant::now();
-    let mut result = query_image(session, table, &image, options, top)?;
+    let mut result = match outfit {
+        Some(outfit) => outfit.query(session, table, &image, options, top)?,
+        None => query_image(session, table, &image, options, top)?,
+    };
     result.latency_ms.decode = ms(start, decoded);
     result.latency_ms.total = ms(start, Instant::now());
     Ok(result)

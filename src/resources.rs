@@ -7,6 +7,8 @@ use std::path::PathBuf;
 pub const DEFAULT_MODEL: &str = "models/fashion-resnet50-int8.manifest.json";
 /// The fp32 model, kept selectable with `--model`.
 pub const FP32_MODEL: &str = "models/fashion-resnet50-fp32.manifest.json";
+/// The garment parser's manifest (outfits).
+pub const GARMENT_PARSER: &str = "models/garment-parser.manifest.json";
 /// The bundled demo: `catalogue/` images, `labels.csv`, query `photos/`.
 pub const DEMO_DIR: &str = "demo";
 

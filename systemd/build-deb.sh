@@ -24,7 +24,8 @@ install -Dm644 systemd/fashion-kiosk.service "$root/lib/systemd/system/fashion-k
 install -Dm644 systemd/fashion-kiosk-uplink.service "$root/lib/systemd/system/fashion-kiosk-uplink.service"
 install -Dm644 systemd/kiosk.toml "$root/etc/fashion-kiosk/kiosk.toml"
 share=$root/usr/share/fashion-kiosk
-for file in fashion-resnet50-int8.onnx fashion-resnet50-int8.manifest.json; do
+for file in fashion-resnet50-int8.onnx fashion-resnet50-int8.manifest.json \
+    garment-parser.onnx garment-parser.manifest.json; do
     install -Dm644 "models/$file" "$share/models/$file"
 done
 install -d "$share/demo"

@@ -231,3 +231,29 @@ fn the_goes_with_screen_reaches_the_oled_ram_byte_for_byte() {
     }
     assert_ne!(controller.ram, Canvas::of(&results()).to_ssd1306_pages());
 }
+
+#[test]
+fn the_outfit_screen_reaches_the_oled_ram_byte_for_byte() {
+    let ids = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
+    let outfit = Screen::Outfit {
+        garments: vec![
+            ("Coat".into(), ids(&["17151", "15020"])),
+            ("Top".into(), ids(&["10658", "13218", "13219"])),
+            ("Legs".into(), ids(&["12214"])),
+            ("Shoes".into(), ids(&["17029", "17736"])),
+        ],
+    };
+    let mut oled = Oled::new(RecordingBus::default(), 0x3c, "test OLED".into()).unwrap();
+    oled.show(&results()).unwrap();
+    oled.show(&outfit).unwrap();
+    let bus = oled.release();
+    let mut controller = Controller::new();
+    for (_, bytes) in &bus.writes {
+        controller.write(bytes);
+    }
+    let expected = Canvas::of(&outfit).to_ssd1306_pages();
+    assert!(expected.iter().map(|b| b.count_ones()).sum::<u32>() > 400);
+    for (i, (got, want)) in controller.ram.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "page {} column {}", i / 128, i % 128);
+    }
+}

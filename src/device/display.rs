@@ -37,6 +37,11 @@ pub enum Screen {
     Results { items: Vec<(String, f32)> },
     /// What goes with the scanned item: (id, its category), best first; the first 3 are shown.
     GoesWith { items: Vec<(String, String)> },
+    /// An outfit, garment by garment top to bottom: (its label, its best ids); the first 4
+    /// garments are shown, each with the ids that fit its row.
+    Outfit {
+        garments: Vec<(String, Vec<String>)>,
+    },
     /// Something the shopper or staff should know (a fault, a reload, a calibration), with its
     /// title in an inverted bar.
     Message { title: String, detail: String },
@@ -93,6 +98,28 @@ where
     )
     .draw(target)?;
     Ok(())
+}
+
+/// Garment rows of an outfit screen, and the 8×13 characters of ids each row holds (right of a
+/// five-character label).
+const OUTFIT_ROWS: usize = 4;
+const OUTFIT_ID_CHARS: usize = 11;
+
+/// The first `ids` that fit in `max` characters, space-separated (the first one clipped if it
+/// alone is too long).
+fn ids_that_fit(ids: &[String], max: usize) -> String {
+    let mut line = String::new();
+    for id in ids {
+        if line.is_empty() {
+            line = clip(id, max);
+        } else if line.len() + 1 + id.len() <= max {
+            line.push(' ');
+            line.push_str(id);
+        } else {
+            break;
+        }
+    }
+    line
 }
 
 /// Keeps at most `max` characters (ids and messages are ASCII; others count as one each).
@@ -195,6 +222,31 @@ where
                 Text::with_text_style(
                     &clip(id, 9),
                     Point::new(WIDTH as i32 - 1, y),
+                    style(&FONT_8X13_BOLD, BinaryColor::On),
+                    right,
+                )
+                .draw(target)?;
+            }
+        }
+        Screen::Outfit { garments } => {
+            // A row of 16 pixels per garment: its label small on the left, its best ids in bold
+            // on the right (as many as fit, best first), readable at a glance in the mirror.
+            let right = TextStyleBuilder::new()
+                .alignment(Alignment::Right)
+                .baseline(Baseline::Top)
+                .build();
+            for (row, (label, ids)) in garments.iter().take(OUTFIT_ROWS).enumerate() {
+                let y = row as i32 * 16;
+                Text::with_baseline(
+                    &clip(label, 5),
+                    Point::new(0, y + 3),
+                    style(&FONT_6X10, BinaryColor::On),
+                    Baseline::Top,
+                )
+                .draw(target)?;
+                Text::with_text_style(
+                    &ids_that_fit(ids, OUTFIT_ID_CHARS),
+                    Point::new(WIDTH as i32 - 1, y + 1),
                     style(&FONT_8X13_BOLD, BinaryColor::On),
                     right,
                 )
@@ -541,6 +593,7 @@ mod tests {
                 seconds: 4,
             },
             Screen::Stopped,
+            outfit(),
         ];
         let canvases: Vec<Canvas> = screens.iter().map(Canvas::of).collect();
         for (i, a) in canvases.iter().enumerate() {
@@ -558,6 +611,47 @@ mod tests {
                 .count()
         };
         assert!(lit_in(0, 20) > 50 && lit_in(22, 42) > 50 && lit_in(44, 64) > 50);
+    }
+
+    fn outfit() -> Screen {
+        let ids = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect();
+        Screen::Outfit {
+            garments: vec![
+                ("Top".into(), ids(&["15970", "39386", "59263"])),
+                ("Legs".into(), ids(&["21470", "12214"])),
+                ("Shoes".into(), ids(&["17029"])),
+            ],
+        }
+    }
+
+    #[test]
+    fn an_outfit_shows_one_row_per_garment_with_the_ids_that_fit() {
+        assert_eq!(
+            ids_that_fit(&["15970".into(), "39386".into(), "59263".into()], 11),
+            "15970 39386"
+        );
+        assert_eq!(
+            ids_that_fit(&["123456789012".into(), "1".into()], 11),
+            "12345678901"
+        );
+        assert_eq!(ids_that_fit(&[], 11), "");
+        let canvas = Canvas::of(&outfit());
+        let lit = |x0: u32, x1: u32, y0: u32, y1: u32| {
+            (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| canvas.is_lit(x, y))
+                .count()
+        };
+        // Three garments: labels on the left and ids on the right of rows 0–2; row 3 is empty.
+        for row in 0..3 {
+            let y = row * 16;
+            assert!(lit(0, 30, y, y + 16) > 10, "label of row {row}");
+            assert!(lit(88, 128, y, y + 16) > 30, "ids of row {row}");
+        }
+        assert_eq!(lit(0, 128, 48, 64), 0);
+        // Two ids on the first row, one on the third: the third row is dark left of 88.
+        assert!(lit(40, 80, 0, 16) > 30);
+        assert_eq!(lit(40, 80, 32, 48), 0);
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct Calibrated {
 pub enum Outcome {
     /// The nearest items (id, score), best first.
     Results(Vec<(String, f32)>),
+    /// A person's outfit: per garment top to bottom, its label and best ids.
+    Outfit(Vec<(String, Vec<String>)>),
     /// The frame showed the empty scene.
     Nothing,
     /// The camera sent only bad frames (corrupt, the wrong size); it is kept.
@@ -566,6 +568,7 @@ impl Core {
         self.scans += 1;
         let screen = match outcome {
             Outcome::Results(items) => Screen::Results { items },
+            Outcome::Outfit(garments) => Screen::Outfit { garments },
             Outcome::Nothing => Screen::NothingToScan,
             Outcome::BadFrame(message) => Screen::Message {
                 title: "Scan failed".into(),
@@ -586,7 +589,11 @@ impl Core {
                 detail: message,
             },
         };
-        if matches!(screen, Screen::Results { .. } | Screen::NothingToScan) && self.camera.works() {
+        if matches!(
+            screen,
+            Screen::Results { .. } | Screen::Outfit { .. } | Screen::NothingToScan
+        ) && self.camera.works()
+        {
             tracing::info!("camera back");
         }
         self.outcome = Some(screen);
@@ -660,6 +667,38 @@ mod tests {
 
     fn results() -> Outcome {
         Outcome::Results(vec![("15970".into(), 0.9)])
+    }
+
+    #[test]
+    fn an_outfit_is_shown_garment_by_garment_and_a_second_press_scans_again() {
+        let t0 = Instant::now();
+        let mut core = ready(
+            Settings {
+                goes_with: true,
+                ..settings()
+            },
+            t0,
+        );
+        core.on(Event::Press(t0), t0);
+        let garments = vec![
+            (
+                "Top".to_string(),
+                vec!["15970".to_string(), "39386".to_string()],
+            ),
+            ("Shoes".to_string(), vec!["17029".to_string()]),
+        ];
+        let effects = core.on(
+            Event::Scanned(Outcome::Outfit(garments.clone())),
+            t0 + ms(900),
+        );
+        assert!(matches!(effects[0], Effect::LogScan { scan: 1, .. }));
+        assert_eq!(core.screen(t0 + ms(900)), Screen::Outfit { garments });
+        // "Goes with" answers one item's results; on an outfit a press scans again.
+        let t1 = t0 + ms(3000);
+        assert_eq!(
+            core.on(Event::Press(t1), t1),
+            [Effect::Scan { pressed: t1 }]
+        );
     }
 
     #[test]

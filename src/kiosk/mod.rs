@@ -23,10 +23,11 @@ use self::scanner::{Report, Request, ScanFailure, ScanLatency, ScanReport, Scann
 use crate::calibration::Calibration;
 use crate::catalogue::Table;
 use crate::colour;
-use crate::config::Config;
+use crate::config::{Config, OutfitConfig};
 use crate::device::{self, Display, Screen};
 use crate::health::{CatalogueHealth, ModelHealth, Monitor, Part, ScanOutcome};
 use crate::model::Embedder;
+use crate::outfit::OutfitScanner;
 use crate::query::{ms, FoundBy};
 use crate::recommend::stock::Stock;
 use crate::recommend::trends::Trends;
@@ -173,6 +174,13 @@ pub fn run(config: &Config) -> Result<()> {
     let recommender = recommender_for(config, &table, &mut store);
     let (requests, worker_requests) = mpsc::channel();
     let (reports_tx, reports) = mpsc::channel();
+    let outfit = config.outfit.as_ref().and_then(|settings| {
+        load_outfits(settings, &table)
+            .inspect_err(|e| {
+                tracing::error!("outfits off, every scan looks up the whole frame: {e:#}")
+            })
+            .ok()
+    });
     let scanner = Scanner {
         camera_config: config.camera.clone(),
         camera: None,
@@ -180,6 +188,7 @@ pub fn run(config: &Config) -> Result<()> {
         table: Arc::new(table),
         recommender,
         last_match: None,
+        outfit,
         top: config.kiosk.top,
         scene: config.scene.clone(),
         calibration,
@@ -356,6 +365,16 @@ impl Io<'_> {
             Report::Scanned(report) => {
                 let outcome = match &report.outcome {
                     Ok(_) if report.found == Some(FoundBy::Nothing) => Outcome::Nothing,
+                    Ok(_) if !report.garments.is_empty() => Outcome::Outfit(
+                        report
+                            .garments
+                            .iter()
+                            .map(|g| {
+                                let ids = g.results.iter().map(|r| r.id.clone()).collect();
+                                (g.label.clone(), ids)
+                            })
+                            .collect(),
+                    ),
                     Ok(results) => {
                         Outcome::Results(results.iter().map(|r| (r.id.clone(), r.score)).collect())
                     }
@@ -516,6 +535,21 @@ fn load_into<T>(
     }
 }
 
+/// The garment parser under `[outfit]`, with a warning for each configured category the
+/// catalogue does not have.
+fn load_outfits(settings: &OutfitConfig, table: &Table) -> Result<OutfitScanner> {
+    let scanner = OutfitScanner::load(settings)?;
+    for unknown in scanner.outfits.unknown_categories(table) {
+        tracing::warn!("outfits: the catalogue has no {unknown}");
+    }
+    tracing::info!(
+        "outfits: garment parser {} ({}): a person's garments are looked up one by one",
+        scanner.outfits.parser.manifest().name,
+        scanner.outfits.parser.manifest_path().display()
+    );
+    Ok(scanner)
+}
+
 /// The recommender for `table` under `[recommend]`, with the store's stock and trends (loaded
 /// anew; see [`StoreData`]); `None` without a `[recommend]` section.
 fn recommender_for(config: &Config, table: &Table, store: &mut StoreData) -> Option<Recommender> {
@@ -594,6 +628,12 @@ struct ScanRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     colour: Option<&'a colour::Applied>,
     results: &'a [LoggedItem<'a>],
+    /// A person's garments, each with its class, box, colour and results.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    garments: &'a [LoggedGarment<'a>],
+    /// Why an outfit scan looked up the whole frame instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
     /// Presses that arrived during this scan and were merged into one queued scan.
     coalesced: u32,
     latency_ms: &'a ScanLatency,
@@ -606,6 +646,18 @@ struct LoggedItem<'a> {
     /// Its source and score parts, when `[recommend]` ranked it.
     #[serde(flatten)]
     ranked: Option<&'a Ranked>,
+}
+
+#[derive(Serialize)]
+struct LoggedGarment<'a> {
+    class: &'a str,
+    bbox: [u32; 4],
+    share: f32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cut_by_edge: bool,
+    colour: &'a str,
+    rgb: [u8; 3],
+    results: Vec<LoggedItem<'a>>,
 }
 
 /// Logs a finished scan to the scan log, synced, then to the journal (so that a scan the journal
@@ -629,7 +681,11 @@ fn log_scan(
                     ranked: r.ranked.as_ref(),
                 })
                 .collect();
-            let outcome = if results.is_empty() { "nothing" } else { "ok" };
+            let outcome = if results.is_empty() && report.garments.is_empty() {
+                "nothing"
+            } else {
+                "ok"
+            };
             (outcome, None, results)
         }
         Err(
@@ -638,6 +694,27 @@ fn log_scan(
             | ScanFailure::Model(message),
         ) => ("error", Some(message.clone()), Vec::new()),
     };
+    let garments: Vec<LoggedGarment> = report
+        .garments
+        .iter()
+        .map(|g| LoggedGarment {
+            class: &g.class,
+            bbox: g.bbox,
+            share: g.share,
+            cut_by_edge: g.cut_by_edge,
+            colour: g.colour,
+            rgb: g.rgb,
+            results: g
+                .results
+                .iter()
+                .map(|r| LoggedItem {
+                    id: &r.id,
+                    score: r.score,
+                    ranked: r.ranked.as_ref(),
+                })
+                .collect(),
+        })
+        .collect();
     if let Some(log) = scan_log {
         // A frame like the empty scene was still looked at by the reference.
         let region = match report.found {
@@ -654,6 +731,8 @@ fn log_scan(
             region,
             colour: report.colour.as_ref(),
             results: &results,
+            garments: &garments,
+            note: report.note.as_deref(),
             coalesced,
             latency_ms: &report.latency,
         };
@@ -670,6 +749,7 @@ fn log_scan(
         },
         &[
             ("capture", latency.capture / 1000.0),
+            ("parse", latency.parse / 1000.0),
             ("foreground", latency.foreground / 1000.0),
             ("preprocess", latency.preprocess / 1000.0),
             ("embed", latency.embed / 1000.0),
@@ -677,7 +757,30 @@ fn log_scan(
             ("total", latency.total / 1000.0),
         ],
     );
+    if let Some(note) = &report.note {
+        tracing::info!("scan {scan}: {note}");
+    }
+    for g in &garments {
+        let [x, y, w, h] = g.bbox;
+        let ids: Vec<&str> = g.results.iter().map(|r| r.id).collect();
+        tracing::info!(
+            "scan {scan}: {} ({}) at {w}x{h}+{x}+{y}{}: {}",
+            g.class,
+            g.colour,
+            if g.cut_by_edge {
+                ", cut by the frame's edge"
+            } else {
+                ""
+            },
+            ids.join(" ")
+        );
+    }
     match (results.first(), error) {
+        (None, None) if !garments.is_empty() => tracing::info!(
+            "scan {scan}: an outfit of {} garments in {:.0} ms",
+            garments.len(),
+            report.latency.total
+        ),
         (Some(best), _) => tracing::info!(
             "scan {scan}: {} ({:.3}) … in {:.0} ms",
             best.id,

@@ -17,6 +17,7 @@ use crate::config::{CameraConfig, SceneConfig};
 use crate::device::camera::{self, CaptureError};
 use crate::device::{self, Camera};
 use crate::model::{self, Session};
+use crate::outfit::{GarmentResult, OutfitScanner};
 use crate::query::{self, ms, FoundBy, Recommendation};
 use crate::recommend::Recommender;
 use serde::Serialize;
@@ -58,6 +59,10 @@ pub struct ScanReport {
     pub outcome: Result<Vec<Recommendation>, ScanFailure>,
     /// The colour correction applied, when the frame was looked at.
     pub colour: Option<colour::Applied>,
+    /// A person's garments, each with its results (then `outcome` holds no items).
+    pub garments: Vec<GarmentResult>,
+    /// Why an outfit scan looked up the whole frame instead.
+    pub note: Option<String>,
     /// Milliseconds per stage; `total` is set when the scan is logged.
     pub latency: ScanLatency,
 }
@@ -68,6 +73,8 @@ pub struct ScanLatency {
     /// Press to scan start (non-zero for a queued scan).
     pub wait: f64,
     pub capture: f64,
+    /// Parsing the frame into garments (with `[outfit]`).
+    pub parse: f64,
     /// Finding the item against the empty scene.
     pub foreground: f64,
     pub preprocess: f64,
@@ -99,6 +106,8 @@ pub struct Scanner {
     pub recommender: Option<Recommender>,
     /// The last scan's best match, for "goes with".
     pub last_match: Option<usize>,
+    /// The garment parser, with `[outfit]` (a person's garments are looked up one by one).
+    pub outfit: Option<OutfitScanner>,
     pub top: usize,
     pub scene: SceneConfig,
     pub calibration: Option<Calibration>,
@@ -183,6 +192,8 @@ impl Scanner {
             found: None,
             outcome: Ok(Vec::new()),
             colour: None,
+            garments: Vec::new(),
+            note: None,
             latency: ScanLatency {
                 wait: ms(pressed, started),
                 ..ScanLatency::default()
@@ -209,9 +220,18 @@ impl Scanner {
             .as_ref()
             .map_or(self.top, |r| r.candidates().max(self.top));
         self.last_match = None;
-        match query::query_image(&mut self.session, &self.table, &frame, options, candidates) {
+        let looked_up = match self.outfit.as_mut() {
+            Some(outfit) => {
+                outfit.query(&mut self.session, &self.table, &frame, options, candidates)
+            }
+            None => query::query_image(&mut self.session, &self.table, &frame, options, candidates),
+        };
+        match looked_up {
             Ok(mut result) => {
                 self.last_match = result.results.first().map(|r| r.index);
+                for garment in &mut result.garments {
+                    garment.results.truncate(self.top);
+                }
                 match &self.recommender {
                     Some(recommender) if !result.results.is_empty() => {
                         report.latency.rank =
@@ -220,12 +240,15 @@ impl Scanner {
                     _ => result.results.truncate(self.top),
                 }
                 let stages = &result.latency_ms;
+                report.latency.parse = stages.parse;
                 report.latency.foreground = stages.foreground;
                 report.latency.preprocess = stages.preprocess;
                 report.latency.embed = stages.embed;
                 report.latency.search = stages.search;
                 report.found = Some(result.region);
                 report.colour = Some(result.colour);
+                report.garments = result.garments;
+                report.note = result.note;
                 report.outcome = Ok(result.results);
             }
             Err(e) => report.outcome = Err(ScanFailure::Model(format!("{e:#}"))),

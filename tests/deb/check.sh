@@ -25,6 +25,8 @@ for path in ./usr/bin/fashion-kiosk ./lib/systemd/system/fashion-kiosk.service \
     ./etc/fashion-kiosk/kiosk.toml \
     ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.onnx \
     ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.manifest.json \
+    ./usr/share/fashion-kiosk/models/garment-parser.onnx \
+    ./usr/share/fashion-kiosk/models/garment-parser.manifest.json \
     ./usr/share/fashion-kiosk/demo/labels.csv ./usr/share/fashion-kiosk/demo/kiosk.toml \
     ./usr/share/doc/fashion-kiosk/copyright ./usr/share/doc/fashion-kiosk/README.md; do
     grep -q " $path\$" "$work/contents" || fail "missing $path"
@@ -41,10 +43,12 @@ for script in postinst prerm postrm; do sh -n "$work/$script" || fail "$script s
 root=$work/root
 dpkg-deb -x "$deb" "$root"
 readelf -h "$root/usr/bin/fashion-kiosk" | grep -q "Machine:.*$machine" || fail "binary is not $machine"
-manifest_sha=$(sed -n 's/.*"sha256": *"\([0-9a-f]*\)".*/\1/p' "$root/usr/share/fashion-kiosk/models/fashion-resnet50-int8.manifest.json")
-[ "$(sha256sum < "$root/usr/share/fashion-kiosk/models/fashion-resnet50-int8.onnx" | cut -d' ' -f1)" = "$manifest_sha" ] \
-    || fail "model does not match its manifest's sha256"
-echo "binary: $machine, $(stat -c %s "$root/usr/bin/fashion-kiosk") bytes; model matches its manifest"
+for model in fashion-resnet50-int8 garment-parser; do
+    manifest_sha=$(sed -n 's/.*"sha256": *"\([0-9a-f]*\)".*/\1/p' "$root/usr/share/fashion-kiosk/models/$model.manifest.json")
+    [ "$(sha256sum < "$root/usr/share/fashion-kiosk/models/$model.onnx" | cut -d' ' -f1)" = "$manifest_sha" ] \
+        || fail "$model does not match its manifest's sha256"
+done
+echo "binary: $machine, $(stat -c %s "$root/usr/bin/fashion-kiosk") bytes; the models match their manifests"
 
 # The unit against the package's own files (and the host's systemd units for the targets).
 mkdir -p "$root/bin" "$root/etc/systemd/system"
