@@ -168,20 +168,12 @@ impl Manifest {
             "field `format` is {:?}, this build reads {MANIFEST_FORMAT:?}",
             self.format
         );
-        ensure!(
-            Fingerprint::from_hex(&self.sha256).is_some(),
-            "field `sha256` must be 64 hex digits"
-        );
+        validate_model_file(&self.model_file, &self.sha256)?;
         self.input.validate()?;
         ensure!(
             (1..=65536).contains(&self.output.dim),
             "field `output.dim` must be within 1..=65536, got {}",
             self.output.dim
-        );
-        ensure!(
-            !self.model_file.is_empty() && !self.model_file.contains(['/', '\\']),
-            "field `model_file` must be a file name beside the manifest, got {:?}",
-            self.model_file
         );
         Ok(())
     }
@@ -204,25 +196,12 @@ impl Embedder {
     /// network with tract (load → typed → optimised → runnable).
     pub fn load(manifest_path: &Path) -> Result<Self> {
         let manifest = Manifest::load(manifest_path)?;
-        let dir = manifest_path.parent().unwrap_or(Path::new("."));
-        let model_path = dir.join(&manifest.model_file);
-        let bytes = std::fs::read(&model_path).with_context(|| {
-            format!(
-                "cannot read model file {} (named by {})",
-                model_path.display(),
-                manifest_path.display()
-            )
-        })?;
-        let actual = Fingerprint(Sha256::digest(&bytes).into());
-        if actual != manifest.fingerprint() {
-            bail!(
-                "model file {} does not match its manifest {}: sha256 is {}, the manifest says {}",
-                model_path.display(),
-                manifest_path.display(),
-                actual.short(),
-                manifest.fingerprint().short()
-            );
-        }
+        let (model_path, bytes) = read_verified(
+            manifest_path,
+            &manifest.model_file,
+            manifest.fingerprint(),
+            "model file",
+        )?;
         let plan = prepare(&bytes, &manifest)
             .with_context(|| format!("cannot load model {}", model_path.display()))?;
         Ok(Self {
@@ -270,7 +249,63 @@ impl Embedder {
 }
 
 fn prepare(bytes: &[u8], manifest: &Manifest) -> Result<Arc<TypedSimplePlan>> {
-    let input = &manifest.input;
+    let (model, shape) = optimise(bytes, &manifest.input)?;
+    let volume: usize = shape.iter().product();
+    ensure!(
+        volume == manifest.output.dim,
+        "output has {volume} values, the manifest says output.dim = {}",
+        manifest.output.dim
+    );
+    model.into_runnable()
+}
+
+/// Checks a manifest's `model_file` (a file name beside it) and `sha256` (64 hex digits).
+pub fn validate_model_file(model_file: &str, sha256: &str) -> Result<()> {
+    ensure!(
+        Fingerprint::from_hex(sha256).is_some(),
+        "field `sha256` must be 64 hex digits"
+    );
+    ensure!(
+        !model_file.is_empty() && !model_file.contains(['/', '\\']),
+        "field `model_file` must be a file name beside the manifest, got {model_file:?}"
+    );
+    Ok(())
+}
+
+/// Reads `model_file` beside the manifest at `manifest_path` and checks that it is the file the
+/// manifest's `expected` fingerprint names; `what` names it in errors ("model file"). Returns
+/// its path and bytes.
+pub fn read_verified(
+    manifest_path: &Path,
+    model_file: &str,
+    expected: Fingerprint,
+    what: &str,
+) -> Result<(PathBuf, Vec<u8>)> {
+    let dir = manifest_path.parent().unwrap_or(Path::new("."));
+    let model_path = dir.join(model_file);
+    let bytes = std::fs::read(&model_path).with_context(|| {
+        format!(
+            "cannot read {what} {} (named by {})",
+            model_path.display(),
+            manifest_path.display()
+        )
+    })?;
+    let actual = Fingerprint(Sha256::digest(&bytes).into());
+    if actual != expected {
+        bail!(
+            "{what} {} does not match its manifest {}: sha256 is {}, the manifest says {}",
+            model_path.display(),
+            manifest_path.display(),
+            actual.short(),
+            expected.short()
+        );
+    }
+    Ok((model_path, bytes))
+}
+
+/// The ONNX network in `bytes` for one `1 × 3 × height × width` f32 input as `input` says,
+/// optimised by tract, and the concrete shape of its one output.
+pub fn optimise(bytes: &[u8], input: &InputSpec) -> Result<(TypedModel, Vec<usize>)> {
     let shape = [1usize, 3, input.height as usize, input.width as usize];
     let model = tract_onnx::onnx()
         .model_for_read(&mut std::io::Cursor::new(bytes))?
@@ -281,19 +316,22 @@ fn prepare(bytes: &[u8], manifest: &Manifest) -> Result<Arc<TypedSimplePlan>> {
         "expected one output, found {}",
         model.output_outlets()?.len()
     );
-    let fact = model.output_fact(0)?;
-    let volume: usize = fact
+    let output = model
+        .output_fact(0)?
         .shape
         .as_concrete()
         .context("output shape is not concrete")?
-        .iter()
-        .product();
-    ensure!(
-        volume == manifest.output.dim,
-        "output has {volume} values, the manifest says output.dim = {}",
-        manifest.output.dim
-    );
-    model.into_runnable()
+        .to_vec();
+    Ok((model, output))
+}
+
+/// `input` ready to be written: tract may still hold the previous run's tensor, and then a
+/// fresh buffer of the same shape takes its place.
+pub fn writable_input(input: &mut Arc<Tensor>) -> Result<&mut Tensor> {
+    if Arc::get_mut(input).is_none() {
+        *input = Arc::new(Tensor::zero::<f32>(input.shape())?);
+    }
+    Ok(Arc::get_mut(input).expect("fresh Arc is unique"))
 }
 
 /// One thread's embedding state: call [`Session::embed_image`] as often as needed.
@@ -314,14 +352,7 @@ impl Session {
 
     /// Fills the input tensor from `image` without running the network (for benchmarks).
     pub fn preprocess(&mut self, image: &image::RgbImage, region: Region) -> Result<()> {
-        let tensor = match Arc::get_mut(&mut self.input) {
-            Some(tensor) => tensor,
-            None => {
-                // tract still holds the previous input: start a fresh buffer.
-                self.input = Arc::new(Tensor::zero::<f32>(self.input.shape())?);
-                Arc::get_mut(&mut self.input).expect("fresh Arc is unique")
-            }
-        };
+        let tensor = writable_input(&mut self.input)?;
         self.preprocessor.run(
             image,
             region,

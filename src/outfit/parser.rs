@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
-use crate::model::{Fingerprint, InputSpec};
+use crate::model::{
+    optimise, read_verified, validate_model_file, writable_input, Fingerprint, InputSpec,
+};
 use crate::preprocess::{Preprocessor, Region};
 
 /// The parser manifest format this build understands.
@@ -71,15 +72,7 @@ impl ParserManifest {
             "field `format` is {:?}, this build reads {PARSER_FORMAT:?}",
             self.format
         );
-        ensure!(
-            Fingerprint::from_hex(&self.sha256).is_some(),
-            "field `sha256` must be 64 hex digits"
-        );
-        ensure!(
-            !self.model_file.is_empty() && !self.model_file.contains(['/', '\\']),
-            "field `model_file` must be a file name beside the manifest, got {:?}",
-            self.model_file
-        );
+        validate_model_file(&self.model_file, &self.sha256)?;
         self.input.validate()?;
         ensure!(
             self.classes.len() > BODY_CLASSES.len() && self.classes.len() <= 255,
@@ -138,25 +131,12 @@ impl Parser {
     /// network with tract.
     pub fn load(manifest_path: &Path) -> Result<Self> {
         let manifest = ParserManifest::load(manifest_path)?;
-        let dir = manifest_path.parent().unwrap_or(Path::new("."));
-        let model_path = dir.join(&manifest.model_file);
-        let bytes = std::fs::read(&model_path).with_context(|| {
-            format!(
-                "cannot read parser model {} (named by {})",
-                model_path.display(),
-                manifest_path.display()
-            )
-        })?;
-        let actual = Fingerprint(Sha256::digest(&bytes).into());
-        if actual != manifest.fingerprint() {
-            bail!(
-                "parser model {} does not match its manifest {}: sha256 is {}, the manifest says {}",
-                model_path.display(),
-                manifest_path.display(),
-                actual.short(),
-                manifest.fingerprint().short()
-            );
-        }
+        let (model_path, bytes) = read_verified(
+            manifest_path,
+            &manifest.model_file,
+            manifest.fingerprint(),
+            "parser model",
+        )?;
         let plan = prepare(&bytes, &manifest)
             .with_context(|| format!("cannot load parser model {}", model_path.display()))?;
         Ok(Self {
@@ -189,23 +169,7 @@ impl Parser {
 }
 
 fn prepare(bytes: &[u8], manifest: &ParserManifest) -> Result<Arc<TypedSimplePlan>> {
-    let input = &manifest.input;
-    let shape = [1usize, 3, input.height as usize, input.width as usize];
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut std::io::Cursor::new(bytes))?
-        .with_input_fact(0, f32::fact(shape).into())?
-        .into_optimized()?;
-    ensure!(
-        model.output_outlets()?.len() == 1,
-        "expected one output, found {}",
-        model.output_outlets()?.len()
-    );
-    let fact = model.output_fact(0)?;
-    let got: Vec<usize> = fact
-        .shape
-        .as_concrete()
-        .context("output shape is not concrete")?
-        .to_vec();
+    let (model, got) = optimise(bytes, &manifest.input)?;
     ensure!(
         got == manifest.output.shape,
         "output shape is {got:?}, the manifest says {:?}",
@@ -228,13 +192,7 @@ impl ParseSession {
     /// parser's shape).
     pub fn parse(&mut self, frame: &RgbImage, region: Region) -> Result<ClassScores> {
         let view = self.preprocessor.view(frame, region)?;
-        let tensor = match Arc::get_mut(&mut self.input) {
-            Some(tensor) => tensor,
-            None => {
-                self.input = Arc::new(Tensor::zero::<f32>(self.input.shape())?);
-                Arc::get_mut(&mut self.input).expect("fresh Arc is unique")
-            }
-        };
+        let tensor = writable_input(&mut self.input)?;
         self.preprocessor.run(
             frame,
             region,
