@@ -262,11 +262,14 @@ pub fn correct(image: &mut RgbImage, gains: [f32; 3]) {
     }
     for pixel in image.pixels_mut() {
         if pixel.0 != [255; 3] {
-            for (value, gain) in pixel.0.iter_mut().zip(gains) {
-                *value = (*value as f32 * gain).round().clamp(0.0, 255.0) as u8;
-            }
+            pixel.0 = gained(pixel.0, gains);
         }
     }
+}
+
+/// One colour with per-channel `gains` applied (rounded, clamped to 0–255).
+pub fn gained(rgb: [u8; 3], gains: [f32; 3]) -> [u8; 3] {
+    std::array::from_fn(|c| (rgb[c] as f32 * gains[c]).round().clamp(0.0, 255.0) as u8)
 }
 
 #[cfg(test)]

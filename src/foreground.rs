@@ -731,13 +731,7 @@ fn store_structure(w: usize, h: usize, step: &impl Fn(usize, usize) -> f32) -> V
             members.push(i);
             let (x, y) = (i % w, i / w);
             (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1));
-            let neighbours = [
-                (x > 0).then(|| i - 1),
-                (x + 1 < w).then(|| i + 1),
-                (y > 0).then(|| i - w),
-                (y + 1 < h).then(|| i + w),
-            ];
-            for j in neighbours.into_iter().flatten() {
+            for j in four_neighbours(i, w, h).into_iter().flatten() {
                 if region[j] == usize::MAX && step(i, j) <= FLAT_STEP {
                     region[j] = start;
                     stack.push(j);
@@ -846,6 +840,18 @@ fn place_on_white(
         coverage,
         gains,
     }
+}
+
+/// The cells left, right, above and below cell `at` of a `width` × `height` grid (row-major),
+/// `None` past an edge.
+pub fn four_neighbours(at: usize, width: usize, height: usize) -> [Option<usize>; 4] {
+    let (x, y) = (at % width, at / width);
+    [
+        (x > 0).then(|| at - 1),
+        (x + 1 < width).then(|| at + 1),
+        (y > 0).then(|| at - width),
+        (y + 1 < height).then(|| at + width),
+    ]
 }
 
 /// Averages several frames of the empty scene into one reference (noise drops by √n).

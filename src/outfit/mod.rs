@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::catalogue::Table;
 use crate::colour;
 use crate::config::OutfitConfig;
+use crate::foreground::four_neighbours;
 use crate::model::Session;
 use crate::preprocess::Region;
 use crate::query::{self, ms, FoundBy, Options, QueryResult, Recommendation};
@@ -214,13 +215,7 @@ pub fn find_person(map: &LabelMap, wanted: &[bool], min_share: f32, max_garments
                 b[2].max(x as u32 + 1),
                 b[3].max(y as u32 + 1),
             ];
-            let neighbours = [
-                (x > 0).then(|| at - 1),
-                (x + 1 < width).then(|| at + 1),
-                (y > 0).then(|| at - width),
-                (y + 1 < height).then(|| at + width),
-            ];
-            for next in neighbours.into_iter().flatten() {
+            for next in four_neighbours(at, width, height).into_iter().flatten() {
                 if pieces_map[next] == NO_PIECE && map.labels[next] == class {
                     pieces_map[next] = id;
                     stack.push(next);
@@ -482,9 +477,7 @@ pub fn query_parsed(
         if applied.source != colour::Source::None {
             colour::correct(&mut image, applied.gains);
             // Per-channel gains keep each channel's order: the median moves with them.
-            rgb = std::array::from_fn(|c| {
-                (rgb[c] as f32 * applied.gains[c]).round().clamp(0.0, 255.0) as u8
-            });
+            rgb = colour::gained(rgb, applied.gains);
         }
         let colour = palette::name_of(rgb);
         let (vector, times) = query::embed(session, table.dim(), &image, Region::Whole, options)?;
