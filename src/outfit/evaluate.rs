@@ -58,6 +58,40 @@ pub struct ClassFigures {
     pub iou: f64,
 }
 
+impl ClassFigures {
+    /// The precision figures: sums over the garments while counting, means after [`Self::average`].
+    fn precisions_mut(&mut self) -> [&mut f64; 5] {
+        [
+            &mut self.whole_category,
+            &mut self.whole_colour,
+            &mut self.garment_category,
+            &mut self.garment_colour,
+            &mut self.garment_colour_visual,
+        ]
+    }
+
+    /// Adds `other`'s counts and precision sums.
+    fn add(&mut self, other: &mut ClassFigures) {
+        self.garments += other.garments;
+        self.found += other.found;
+        for (sum, value) in self
+            .precisions_mut()
+            .into_iter()
+            .zip(other.precisions_mut())
+        {
+            *sum += *value;
+        }
+    }
+
+    /// Turns the precision sums into means over the garments.
+    fn average(&mut self) {
+        let n = self.garments.max(1) as f64;
+        for value in self.precisions_mut() {
+            *value /= n;
+        }
+    }
+}
+
 /// What measuring a folder of annotated photos came to.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutfitFigures {
@@ -319,26 +353,10 @@ pub fn measure(
             continue;
         };
         figures.iou = iou;
-        overall.garments += figures.garments;
-        overall.found += figures.found;
-        overall.whole_category += figures.whole_category;
-        overall.whole_colour += figures.whole_colour;
-        overall.garment_category += figures.garment_category;
-        overall.garment_colour += figures.garment_colour;
-        overall.garment_colour_visual += figures.garment_colour_visual;
-        let n = figures.garments.max(1) as f64;
-        figures.whole_category /= n;
-        figures.whole_colour /= n;
-        figures.garment_category /= n;
-        figures.garment_colour /= n;
-        figures.garment_colour_visual /= n;
+        overall.add(figures);
+        figures.average();
     }
-    let n = overall.garments.max(1) as f64;
-    overall.whole_category /= n;
-    overall.whole_colour /= n;
-    overall.garment_category /= n;
-    overall.garment_colour /= n;
-    overall.garment_colour_visual /= n;
+    overall.average();
     overall.iou = f64::NAN;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
