@@ -292,6 +292,11 @@ def write_manifest(model: Path, precision: str, provenance: dict) -> Path:
         "output": {"name": OUTPUT_NAME, "dim": EMBEDDING_DIM},
         "provenance": provenance,
     }
+    return save_manifest(model, manifest)
+
+
+def save_manifest(model: Path, manifest: dict) -> Path:
+    """Writes MODEL.manifest.json beside `model`, atomically (a temporary file renamed into place)."""
     path = model.with_suffix(".manifest.json")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -617,11 +616,7 @@ def write_manifest(model: Path, width: int, height: int, out_shape, stride: int,
         "classes": CLASSES,
         "provenance": provenance,
     }
-    path = model.with_suffix(".manifest.json")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return bm.save_manifest(model, manifest)
 
 
 # ---------------------------------------------------------------------------------------------
