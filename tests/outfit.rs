@@ -9,15 +9,17 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fashion_kiosk, repo};
+use common::{fashion_kiosk, log_lines, repo, wait_for};
 use fashion_kiosk::device::display::Canvas;
 use fashion_kiosk::device::Screen;
 use fashion_kiosk::outfit::parser::Parser;
 use fashion_kiosk::preprocess::{decode_file, Region};
 
 const TINY: &str = "tests/fixtures/tiny-model/tiny.manifest.json";
+/// How long the kiosk may take for each step (an outfit scan under qemu is slow).
+const WAIT: Duration = Duration::from_secs(300);
 const PARSER: &str = "models/garment-parser.manifest.json";
 const PERSON: &str = "demo/photos/worn-outfit-0770.jpg";
 const HELD_UP: &str = "demo/photos/casual-shoes-14560.jpg";
@@ -226,26 +228,6 @@ fn a_parser_that_does_not_match_its_manifest_is_refused_in_one_line() {
     );
 }
 
-fn log_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn wait_for(what: &str, done: impl Fn() -> bool, stderr: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; the kiosk said:\n{}",
-            std::fs::read_to_string(stderr).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Runs a kiosk on a camera that sees the demo's street photo, with `outfit` as its `[outfit]`
 /// section; presses once and returns the scan's log record, the last screen and the kiosk's
 /// stderr.
@@ -299,10 +281,16 @@ path = "scans.jsonl"
         "the kiosk to start",
         || stderr().contains("ready"),
         &stderr_path,
+        WAIT,
     );
     stdin.write_all(b"\n").unwrap();
     stdin.flush().unwrap();
-    wait_for("the scan", || log_lines(&log).len() == 1, &stderr_path);
+    wait_for(
+        "the scan",
+        || log_lines(&log).len() == 1,
+        &stderr_path,
+        WAIT,
+    );
     // The screen follows the log line.
     std::thread::sleep(Duration::from_millis(500));
     drop(stdin);

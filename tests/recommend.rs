@@ -6,33 +6,14 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fashion_kiosk, repo};
+use common::{fashion_kiosk, log_lines, repo, wait_for};
 
 const TINY: &str = "tests/fixtures/tiny-model/tiny.manifest.json";
-
-fn wait_for(what: &str, done: impl Fn() -> bool, stderr: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; the kiosk said:\n{}",
-            std::fs::read_to_string(stderr).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn log_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+/// How long the kiosk may take for each step.
+const WAIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn the_kiosk_recommends_in_stock_items_says_why_shows_what_goes_with_and_survives_bad_files() {
@@ -148,6 +129,7 @@ goes_with = true
         "the kiosk to start",
         || stderr().contains("ready"),
         &stderr_path,
+        WAIT,
     );
     assert!(stderr().contains("stock: "), "{}", stderr());
 
@@ -174,6 +156,7 @@ goes_with = true
         "the first scan",
         || log_lines(&log).len() == 1,
         &stderr_path,
+        WAIT,
     );
     check(&log_lines(&log)[0]);
     // A second press while the results show: what goes with the item.
@@ -182,6 +165,7 @@ goes_with = true
         "goes with",
         || stderr().contains("goes with:"),
         &stderr_path,
+        WAIT,
     );
 
     // The stock file goes bad: refused on reload, naming the line; the last good one stays.
@@ -195,6 +179,7 @@ goes_with = true
         "the refused stock",
         || stderr().contains("keeping the stock loaded before"),
         &stderr_path,
+        WAIT,
     );
     let said = stderr();
     assert!(
@@ -205,13 +190,19 @@ goes_with = true
     // It keeps scanning with the last good stock (a press on "goes with" scans again).
     for scans in 2..=4 {
         press();
-        wait_for("a scan", || log_lines(&log).len() == scans, &stderr_path);
+        wait_for(
+            "a scan",
+            || log_lines(&log).len() == scans,
+            &stderr_path,
+            WAIT,
+        );
         check(&log_lines(&log)[scans - 1]);
         press();
         wait_for(
             "goes with",
             || stderr().matches("goes with:").count() == scans,
             &stderr_path,
+            WAIT,
         );
     }
     drop(stdin);

@@ -1,8 +1,9 @@
-//! What the end-to-end tests share: how to start the `fashion-kiosk` binary, and which demo
-//! catalogue images they use.
+//! What the end-to-end tests share: how to start the `fashion-kiosk` binary, which demo catalogue
+//! images they use, and how they wait on a running kiosk and read its scan log.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// A path in the source tree.
 pub fn repo(path: &str) -> PathBuf {
@@ -40,4 +41,28 @@ pub fn fashion_kiosk() -> Command {
         }
         None => Command::new(bin),
     }
+}
+
+/// Waits until `done`, at most `within`; on timeout fails with what the kiosk wrote to `stderr`.
+#[allow(dead_code)] // for the tests that run a kiosk
+pub fn wait_for(what: &str, done: impl Fn() -> bool, stderr: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; the kiosk said:\n{}",
+            std::fs::read_to_string(stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The records of a scan log so far (none before it exists).
+#[allow(dead_code)] // for the tests that run a kiosk
+pub fn log_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
