@@ -28,6 +28,10 @@ pub struct BenchJob {
     pub profile: bool,
     /// A camera frame and the empty scene of its camera: time the scan paths on them.
     pub scan: Option<(PathBuf, PathBuf)>,
+    /// Also time searches in a synthetic table of this many items made from `table`'s.
+    pub search_items: Option<usize>,
+    /// Time the searches only: no model is loaded.
+    pub search_only: bool,
 }
 
 /// Summary of one measured stage.
@@ -83,7 +87,14 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(Duration, T)> {
 /// Runs the benchmark and prints one line per stage.
 pub fn run(job: &BenchJob) -> Result<()> {
     ensure!(job.runs >= 1, "--runs must be at least 1");
-    ensure!(!job.models.is_empty(), "give at least one --model");
+    ensure!(
+        job.search_only || !job.models.is_empty(),
+        "give at least one --model"
+    );
+    ensure!(
+        job.table.is_some() || !(job.search_only || job.search_items.is_some()),
+        "timing searches needs --table"
+    );
     // Read the scan inputs first: a bad file fails at once, not after the model timings.
     let table = job.table.as_deref().map(Table::load).transpose()?;
     let scan = match &job.scan {
@@ -93,11 +104,6 @@ pub fn run(job: &BenchJob) -> Result<()> {
         )),
         None => None,
     };
-    let embedders: Vec<Embedder> = job
-        .models
-        .iter()
-        .map(|m| Embedder::load(m))
-        .collect::<Result<_>>()?;
     println!(
         "fashion-kiosk bench: {} runs each, image {}, {} on {}",
         job.runs,
@@ -105,6 +111,32 @@ pub fn run(job: &BenchJob) -> Result<()> {
         std::env::consts::ARCH,
         cpu_name()
     );
+    if !job.search_only {
+        embedding(job, table.as_ref(), scan.as_ref())?;
+    }
+    if let Some(table) = &table {
+        search(table, job.runs)?;
+        if let Some(items) = job.search_items {
+            search_at_scale(table, items, job.runs)?;
+        }
+    }
+    if let Some(peak) = peak_rss_kib() {
+        println!("{:<44} {:.1} MiB", "peak RSS", peak as f64 / 1024.0);
+    }
+    Ok(())
+}
+
+/// Decoding, preprocessing and embedding by each model and thread count, then the scan paths.
+fn embedding(
+    job: &BenchJob,
+    table: Option<&Table>,
+    scan: Option<&(RgbImage, BackgroundModel)>,
+) -> Result<()> {
+    let embedders: Vec<Embedder> = job
+        .models
+        .iter()
+        .map(|m| Embedder::load(m))
+        .collect::<Result<_>>()?;
 
     // Decode + preprocess with the first model's input spec.
     let mut session = embedders[0].session()?;
@@ -175,28 +207,118 @@ pub fn run(job: &BenchJob) -> Result<()> {
         }
     }
 
-    if let Some(table) = &table {
-        let query = table.vector(0);
-        let mut samples = Vec::new();
-        for _ in 0..job.runs {
-            let (d, _) = time(|| table.nearest(&query, 5, None))?;
-            samples.push(d);
-        }
-        let label = format!(
-            "search top-5 of {} items ({})",
-            table.len(),
-            table.element().name()
-        );
-        println!("{label:<44} {}", Stats::of(samples));
-    }
-    if let (Some((frame, reference)), Some(table)) = (&scan, &table) {
+    if let (Some((frame, reference)), Some(table)) = (scan, table) {
         let threads = job.threads.first().copied().unwrap_or(1);
         scan_paths(&embedders[0], table, frame, reference, job.runs, threads)?;
     }
-    if let Some(peak) = peak_rss_kib() {
-        println!("{:<44} {:.1} MiB", "peak RSS", peak as f64 / 1024.0);
-    }
     Ok(())
+}
+
+/// Queries like a camera's: items' vectors with noise of norm 0.75 (a nearest item at cosine
+/// ~0.8, as scans find them), seeded.
+fn camera_like_queries(table: &Table, count: usize) -> Vec<Vec<f32>> {
+    let mut noise = Noise(0x5ea2_c4e5);
+    (0..count)
+        .map(|q| {
+            let mut query = table.vector((q * 7919) % table.len());
+            noise.jitter(&mut query, 0.75);
+            query
+        })
+        .collect()
+}
+
+/// Times exact top-5 searches in `table`: through its prefilter (where it has one) and by scoring
+/// every item, interleaved, checking that both give the same hits.
+fn search(table: &Table, runs: usize) -> Result<()> {
+    let queries = camera_like_queries(table, runs);
+    let (mut first_stage, mut scan, mut scored) = (Vec::new(), Vec::new(), 0);
+    for query in &queries {
+        let (d, (hits, counts)) = time(|| table.nearest_counted(query, 5, |_| true))?;
+        first_stage.push(d);
+        scored += counts.map_or(table.len(), |c| c.scored);
+        let (d, all) = time(|| table.nearest_by_scan(query, 5, |_| true))?;
+        scan.push(d);
+        ensure!(
+            hits == all,
+            "the prefilter's hits differ from a full scan's"
+        );
+    }
+    let (first_stage, scan) = (Stats::of(first_stage), Stats::of(scan));
+    let what = format!("{} items, {}", table.len(), table.element().name());
+    println!(
+        "{:<44} {first_stage}  ({:.0} items scored exactly per search)",
+        format!("search top-5 of {what}"),
+        scored as f64 / queries.len() as f64
+    );
+    println!(
+        "{:<44} {scan}  ×{:.1} the time",
+        format!("search top-5 of {what}, every item scored"),
+        scan.median.as_secs_f64() / first_stage.median.as_secs_f64()
+    );
+    println!(
+        "{:<44} {:.0} bytes",
+        "vector memory per item",
+        table.bytes_per_item()
+    );
+    Ok(())
+}
+
+/// Builds a table of `items` jittered copies of `table`'s vectors (noise of norm 0.5, seeded),
+/// prints how long that took, and times searches in it.
+fn search_at_scale(table: &Table, items: usize, runs: usize) -> Result<()> {
+    let mut builder =
+        crate::catalogue::TableBuilder::new(table.fingerprint(), table.dim(), Vec::new());
+    let mut noise = Noise(0x51a7_e7c0);
+    for i in 0..items {
+        let mut vector = table.vector(i % table.len());
+        if i >= table.len() {
+            noise.jitter(&mut vector, 0.5);
+        }
+        let item = crate::catalogue::Item {
+            id: format!("synthetic-{i}"),
+            source: String::new(),
+            digest: String::new(),
+            metadata: Vec::new(),
+        };
+        builder.push(item, &vector)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("synthetic.fkt");
+    let (built, ()) = time(|| builder.write(&path, table.element()))?;
+    drop(builder);
+    println!(
+        "{:<44} {:.1} s",
+        format!("build a table of {items} synthetic items"),
+        built.as_secs_f64()
+    );
+    search(&Table::load(&path)?, runs)
+}
+
+/// A seeded source of noise (xorshift): the bench's synthetic items and queries repeat run to run.
+struct Noise(u64);
+
+impl Noise {
+    fn uniform(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// Adds noise of Euclidean norm `norm` to `vector` and makes it unit length again.
+    fn jitter(&mut self, vector: &mut [f32], norm: f32) {
+        let noise: Vec<f32> = vector.iter().map(|_| self.uniform()).collect();
+        let length = noise
+            .iter()
+            .map(|v| v * v)
+            .sum::<f32>()
+            .sqrt()
+            .max(f32::MIN_POSITIVE);
+        for (v, n) in vector.iter_mut().zip(noise) {
+            *v += norm * n / length;
+        }
+        crate::model::normalise(vector);
+    }
 }
 
 /// Times what the foreground step and each test-time augmentation add to a scan: the whole scan

@@ -1,6 +1,7 @@
 //! The catalogue embedding table: a versioned binary file of item ids, metadata and L2-normalised
 //! vectors, written atomically, read whole into memory and validated on load, searched exactly for
-//! the top k.
+//! the top k (an i8 table through its [`prefilter`](crate::prefilter) first stage, with the same
+//! results as scoring every row).
 //!
 //! A loaded table owns its bytes: overwriting or truncating the file afterwards (an installer's `cp`
 //! onto the live path) cannot change or break the table in memory. The vectors are read in place
@@ -11,7 +12,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `FKTABLE\0` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; version 1 is read too) |
 //! | 12 | 4 | element type: 1 = f16, 2 = i8 with one f32 scale per vector, 3 = f32 |
 //! | 16 | 4 | dim |
 //! | 20 | 4 | count |
@@ -29,7 +30,10 @@
 //! (used to re-embed only new or changed images).
 //!
 //! Vectors: for f16 and f32, `count × dim` values, row-major. For i8, `count` f32 scales, zero
-//! padding to a multiple of 64 bytes, then `count × dim` signed bytes; value = byte × scale.
+//! padding to a multiple of 64 bytes, then `count × dim` signed bytes; value = byte × scale. From
+//! version 2, an i8 section goes on with the first stage of its search, each part starting at a
+//! multiple of 64 bytes: `d × dim` f32 directions (`d` = dim / 8, 1 to 256), `count × 4` f32 row
+//! terms (code scale, code error, remainder norm, decoded norm), `count × d` i8 codes.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -42,10 +46,11 @@ use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Fingerprint;
+use crate::prefilter::{self, Prefilter, SearchCounts};
 
 const MAGIC: &[u8; 8] = b"FKTABLE\0";
-/// The table format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The table format version this build writes (it reads this one and version 1).
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 128;
 const ALIGN: usize = 64;
 // Vectors are read in place as native f16 / f32 values.
@@ -162,6 +167,12 @@ impl TableBuilder {
     /// Encodes the table in `element` form and writes it atomically: a temporary file in the same
     /// folder, fsync, rename over `path`, fsync of the folder. A failure leaves `path` untouched.
     pub fn write(&self, path: &Path, element: Element) -> Result<()> {
+        ensure!(
+            element != Element::I8 || self.dim <= prefilter::MAX_DIM,
+            "cannot store {}-d vectors as i8: at most {}",
+            self.dim,
+            prefilter::MAX_DIM
+        );
         let bytes = self
             .encode(element)
             .with_context(|| format!("cannot encode table {}", path.display()))?;
@@ -221,9 +232,63 @@ fn encode_vectors(vectors: &[f32], dim: usize, element: Element) -> Vec<u8> {
                 );
             }
             scales.resize(align(count * 4), 0);
+            let decoded: Vec<f32> = codes
+                .chunks_exact(dim)
+                .zip(scales.chunks_exact(4))
+                .flat_map(|(row, scale)| {
+                    let scale = f32::from_le_bytes(scale.try_into().expect("4 bytes"));
+                    row.iter().map(move |c| f32::from(*c as i8) * scale)
+                })
+                .collect();
             scales.extend_from_slice(&codes);
+            let first_stage = prefilter::build(&decoded, dim);
+            scales.resize(align(scales.len()), 0);
+            scales.extend(first_stage.basis.iter().flat_map(|v| v.to_le_bytes()));
+            scales.resize(align(scales.len()), 0);
+            scales.extend(first_stage.terms.iter().flat_map(|v| v.to_le_bytes()));
+            scales.resize(align(scales.len()), 0);
+            scales.extend(first_stage.codes.iter().map(|c| *c as u8));
             scales
         }
+    }
+}
+
+/// Where the prefilter's parts of an i8 vector section of `count` rows of `dim` values start
+/// (version 2; after the scales and rows), and the section's end.
+struct I8Layout {
+    basis: usize,
+    terms: usize,
+    codes: usize,
+    end: usize,
+}
+
+impl I8Layout {
+    fn of(count: usize, dim: usize, version: u32) -> Option<Self> {
+        let rows = count.checked_mul(4)?.checked_next_multiple_of(ALIGN)?;
+        let rows_end = rows.checked_add(count.checked_mul(dim)?)?;
+        if version < 2 {
+            return Some(Self {
+                basis: rows_end,
+                terms: rows_end,
+                codes: rows_end,
+                end: rows_end,
+            });
+        }
+        let dims = prefilter::dims_for(dim);
+        let basis = rows_end.checked_next_multiple_of(ALIGN)?;
+        let terms = basis
+            .checked_add(dims.checked_mul(dim)?.checked_mul(4)?)?
+            .checked_next_multiple_of(ALIGN)?;
+        let codes = terms
+            .checked_add(count.checked_mul(prefilter::ROW_TERMS * 4)?)?
+            .checked_next_multiple_of(ALIGN)?;
+        let end = codes.checked_add(count.checked_mul(dims)?)?;
+        Some(Self {
+            basis,
+            terms,
+            codes,
+            end,
+        })
     }
 }
 
@@ -233,15 +298,12 @@ fn align(n: usize) -> usize {
 
 /// Bytes of the vector section of `count` vectors of `dim` values, or `None` if that does not fit
 /// in a `usize`.
-fn vector_section_len(element: Element, count: usize, dim: usize) -> Option<usize> {
+fn vector_section_len(element: Element, count: usize, dim: usize, version: u32) -> Option<usize> {
     let values = count.checked_mul(dim)?;
     match element {
         Element::F16 => values.checked_mul(2),
         Element::F32 => values.checked_mul(4),
-        Element::I8 => count
-            .checked_mul(4)?
-            .checked_next_multiple_of(ALIGN)?
-            .checked_add(values),
+        Element::I8 => Some(I8Layout::of(count, dim, version)?.end),
     }
 }
 
@@ -366,6 +428,8 @@ pub struct Table {
     items: Vec<Item>,
     bytes: AlignedBytes,
     vectors_offset: usize,
+    /// The file's format version: an i8 table of version 2 or later has a prefilter.
+    version: u32,
 }
 
 /// One search result: the item's index in the table and its cosine similarity to the query.
@@ -395,8 +459,8 @@ impl Table {
         );
         let version = get_u32(data, 8);
         ensure!(
-            version == FORMAT_VERSION,
-            "table format version {version}, this build reads version {FORMAT_VERSION}: rebuild it with `fashion-kiosk index`"
+            version == 1 || version == FORMAT_VERSION,
+            "table format version {version}, this build reads versions 1 and {FORMAT_VERSION}: rebuild it with `fashion-kiosk index`"
         );
         ensure!(
             crc32fast::hash(&data[..92]) == get_u32(data, 92),
@@ -407,6 +471,11 @@ impl Table {
         let dim = size_field(get_u32(data, 16).into(), "dim")?;
         let count = size_field(get_u32(data, 20).into(), "count")?;
         ensure!(dim > 0, "dim is 0");
+        ensure!(
+            element != Element::I8 || version < 2 || dim <= prefilter::MAX_DIM,
+            "dim {dim} is over the {} an i8 table can hold",
+            prefilter::MAX_DIM
+        );
         ensure!(count > 0, "the table holds no items");
         let fingerprint = Fingerprint(data[24..56].try_into().expect("32 bytes"));
         let records_offset = size_field(get_u64(data, 56), "records offset")?;
@@ -425,7 +494,7 @@ impl Table {
         ensure!(
             records_offset == HEADER_LEN
                 && records_end.checked_next_multiple_of(ALIGN) == Some(vectors_offset)
-                && Some(vectors_len) == vector_section_len(element, count, dim),
+                && Some(vectors_len) == vector_section_len(element, count, dim, version),
             misfit()
         );
         let end = vectors_offset
@@ -468,6 +537,7 @@ impl Table {
             items: records.items,
             bytes,
             vectors_offset,
+            version,
         })
     }
 
@@ -544,10 +614,7 @@ impl Table {
     /// Cosine similarity of `query` (unit norm) to the stored vector of item `index`.
     pub fn score(&self, query: &[f32], index: usize) -> f32 {
         match self.element {
-            Element::I8 => {
-                let (scale, codes) = self.i8_row(index);
-                dot_i8(query, codes) * scale
-            }
+            Element::I8 => self.i8_score(query, index),
             Element::F16 => dot(query, &self.vector(index)),
             Element::F32 => dot(query, self.f32_row(index)),
         }
@@ -592,6 +659,36 @@ impl Table {
         (scale, bytemuck::cast_slice(&data[start..start + self.dim]))
     }
 
+    /// The exact score of item `index` in an i8 table.
+    fn i8_score(&self, query: &[f32], index: usize) -> f32 {
+        let (scale, codes) = self.i8_row(index);
+        dot_i8(query, codes) * scale
+    }
+
+    /// The first stage of an i8 table's search (format version 2 or later).
+    fn prefilter(&self) -> Option<Prefilter<'_>> {
+        if self.element != Element::I8 || self.version < 2 {
+            return None;
+        }
+        let layout = I8Layout::of(self.items.len(), self.dim, self.version)?;
+        let data = self.vector_data();
+        let dims = prefilter::dims_for(self.dim);
+        Some(Prefilter {
+            dims,
+            basis: bytemuck::cast_slice(&data[layout.basis..layout.basis + dims * self.dim * 4]),
+            terms: bytemuck::cast_slice(
+                &data[layout.terms..layout.terms + self.items.len() * prefilter::ROW_TERMS * 4],
+            ),
+            codes: bytemuck::cast_slice(&data[layout.codes..layout.end]),
+        })
+    }
+
+    /// Bytes of memory each item's vector takes in the loaded table (row, scale and, for i8
+    /// tables with one, the prefilter's share).
+    pub fn bytes_per_item(&self) -> f64 {
+        self.vector_bytes() as f64 / self.items.len() as f64
+    }
+
     /// Exact top-`k` by cosine similarity (vectors are unit length, so the dot product) between
     /// `query` and every item, best first. `skip` excludes one item (leave-one-out evaluation).
     pub fn nearest(&self, query: &[f32], k: usize, skip: Option<usize>) -> Result<Vec<Hit>> {
@@ -605,6 +702,45 @@ impl Table {
         k: usize,
         allowed: impl Fn(usize) -> bool,
     ) -> Result<Vec<Hit>> {
+        Ok(self.nearest_counted(query, k, allowed)?.0)
+    }
+
+    /// [`Table::nearest_where`], and how many items the prefilter bounded and scored exactly
+    /// (`None`: the table has no prefilter and every allowed item was scored).
+    pub fn nearest_counted(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Result<(Vec<Hit>, Option<SearchCounts>)> {
+        self.check_query(query)?;
+        Ok(match self.prefilter() {
+            Some(first_stage) => {
+                let (hits, counts) = first_stage.nearest(
+                    query,
+                    k,
+                    allowed,
+                    |index| self.i8_row(index),
+                    |index| self.i8_score(query, index),
+                );
+                (hits, Some(counts))
+            }
+            None => (self.scan(query, k, allowed), None),
+        })
+    }
+
+    /// Exact top-`k` by scoring every allowed item: what the prefilter must agree with.
+    pub fn nearest_by_scan(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Result<Vec<Hit>> {
+        self.check_query(query)?;
+        Ok(self.scan(query, k, allowed))
+    }
+
+    fn check_query(&self, query: &[f32]) -> Result<()> {
         ensure!(
             query.len() == self.dim,
             "query has {} values, table {} holds {}-d vectors",
@@ -612,6 +748,10 @@ impl Table {
             self.path.display(),
             self.dim
         );
+        Ok(())
+    }
+
+    fn scan(&self, query: &[f32], k: usize, allowed: impl Fn(usize) -> bool) -> Vec<Hit> {
         let mut top = TopK::new(k);
         let mut scratch = vec![0f32; self.dim];
         for index in 0..self.items.len() {
@@ -619,10 +759,7 @@ impl Table {
                 continue;
             }
             let score = match self.element {
-                Element::I8 => {
-                    let (scale, codes) = self.i8_row(index);
-                    dot_i8(query, codes) * scale
-                }
+                Element::I8 => self.i8_score(query, index),
                 Element::F16 => {
                     self.f16_row(index).convert_to_f32_slice(&mut scratch);
                     dot(query, &scratch)
@@ -631,7 +768,7 @@ impl Table {
             };
             top.offer(Hit { index, score });
         }
-        Ok(top.into_sorted())
+        top.into_sorted()
     }
 }
 
@@ -666,20 +803,20 @@ fn dot_with<T: Copy>(a: &[f32], b: &[T], to_f32: impl Fn(T) -> f32) -> f32 {
 }
 
 /// Keeps the best `k` hits seen so far (a small sorted buffer: k is tiny).
-struct TopK {
+pub(crate) struct TopK {
     k: usize,
     hits: Vec<Hit>,
 }
 
 impl TopK {
-    fn new(k: usize) -> Self {
+    pub(crate) fn new(k: usize) -> Self {
         Self {
             k,
             hits: Vec::with_capacity(k + 1),
         }
     }
 
-    fn offer(&mut self, hit: Hit) {
+    pub(crate) fn offer(&mut self, hit: Hit) {
         if self.k == 0 || (self.hits.len() == self.k && hit.score <= self.hits[self.k - 1].score) {
             return;
         }
@@ -688,7 +825,12 @@ impl TopK {
         self.hits.truncate(self.k);
     }
 
-    fn into_sorted(self) -> Vec<Hit> {
+    /// The k-th best score, once k hits are kept.
+    pub(crate) fn kth_score(&self) -> Option<f32> {
+        (self.k > 0 && self.hits.len() == self.k).then(|| self.hits[self.k - 1].score)
+    }
+
+    pub(crate) fn into_sorted(self) -> Vec<Hit> {
         self.hits
     }
 }
@@ -1005,6 +1147,101 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, vec!["t-f16.fkt".to_string()]);
+    }
+
+    /// A table of `count` unit vectors of `dim` values around a few centres (so that most items
+    /// are far from any query), with every 50th item a copy of the one before it (exact ties).
+    fn clustered(dir: &Path, count: usize, dim: usize) -> (PathBuf, Vec<Vec<f32>>) {
+        let mut state = 0x1234_5678u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        let centres: Vec<Vec<f32>> = (0..8).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        let mut builder = TableBuilder::new(Fingerprint([3; 32]), dim, vec!["group".into()]);
+        let mut vectors: Vec<Vec<f32>> = Vec::new();
+        for i in 0..count {
+            let vector = if i % 50 == 49 {
+                vectors[i - 1].clone()
+            } else {
+                let centre = &centres[i % centres.len()];
+                unit(&centre.iter().map(|c| c + 0.15 * next()).collect::<Vec<_>>())
+            };
+            let group = (i % 3).to_string();
+            builder
+                .push(item(&format!("i{i}"), &[group.as_str()]), &vector)
+                .unwrap();
+            vectors.push(vector);
+        }
+        let path = dir.join("clustered.fkt");
+        builder.write(&path, Element::I8).unwrap();
+        let queries = (0..120)
+            .map(|q| {
+                let base = &vectors[(q * 37) % count];
+                let noise = if q % 2 == 0 { 0.05 } else { 0.8 };
+                unit(&base.iter().map(|v| v + noise * next()).collect::<Vec<_>>())
+            })
+            .collect();
+        (path, queries)
+    }
+
+    #[test]
+    fn the_prefilter_returns_exactly_what_scoring_every_item_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, queries) = clustered(dir.path(), 1500, 96);
+        let table = Table::load(&path).unwrap();
+        assert!(table.prefilter().is_some());
+        let mut scored = 0;
+        for (q, query) in queries.iter().enumerate() {
+            for k in [1, 5, 12] {
+                let (hits, counts) = table.nearest_counted(query, k, |_| true).unwrap();
+                assert_eq!(
+                    hits,
+                    table.nearest_by_scan(query, k, |_| true).unwrap(),
+                    "query {q} k {k}"
+                );
+                scored += counts.unwrap().scored;
+                let group_one = |index: usize| index % 3 == 1;
+                assert_eq!(
+                    table.nearest_where(query, k, group_one).unwrap(),
+                    table.nearest_by_scan(query, k, group_one).unwrap(),
+                    "query {q} k {k}, filtered"
+                );
+            }
+        }
+        // The point of it: most items are only bounded, not scored.
+        let per_search = scored as f64 / (queries.len() * 3) as f64;
+        assert!(
+            per_search < 1500.0 / 4.0,
+            "{per_search} items scored per search"
+        );
+        assert!(table
+            .nearest_where(&queries[0], 5, |_| false)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_version_1_table_loads_and_is_searched_by_scanning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, queries) = clustered(dir.path(), 200, 32);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Version 1 is version 2 without the prefilter after the rows.
+        let vectors_offset = get_u64(&bytes, 72) as usize;
+        let rows_end = vectors_offset + align(200 * 4) + 200 * 32;
+        bytes.truncate(rows_end);
+        put_u64(&mut bytes, 80, (rows_end - vectors_offset) as u64);
+        put_u32(&mut bytes, 8, 1);
+        reseal(&mut bytes, true);
+        let old = dir.path().join("v1.fkt");
+        std::fs::write(&old, &bytes).unwrap();
+        let (old, new) = (Table::load(&old).unwrap(), Table::load(&path).unwrap());
+        assert!(old.prefilter().is_none());
+        let (hits, counts) = old.nearest_counted(&queries[1], 5, |_| true).unwrap();
+        assert_eq!(counts, None);
+        assert_eq!(hits, new.nearest_where(&queries[1], 5, |_| true).unwrap());
     }
 
     #[test]

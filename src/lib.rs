@@ -1,7 +1,8 @@
 //! fashion-kiosk: turn a camera frame into fashion recommendations on a Raspberry Pi.
 //!
 //! The core is pure and device-free: [`preprocess`] an image as the [`model`] manifest says,
-//! embed it with tract, and search the [`catalogue`] table for the nearest items; in a fixed
+//! embed it with tract, and search the [`catalogue`] table for the nearest items (exactly, through
+//! a [`prefilter`]); in a fixed
 //! camera's frame, [`foreground`] finds the item by its difference to the empty scene; with a
 //! person in view, the [`outfit`] garment parser finds each garment to look up on its own. [`indexer`]
 //! builds tables, [`evaluate`] measures their quality and [`bench`] their speed.
@@ -25,6 +26,7 @@ pub mod kiosk;
 pub mod labels;
 pub mod model;
 pub mod outfit;
+pub mod prefilter;
 pub mod preprocess;
 pub mod query;
 pub mod recommend;

@@ -325,6 +325,13 @@ struct BenchArgs {
     /// The empty scene of --frame's camera.
     #[arg(long, value_name = "IMG", requires = "frame")]
     reference: Option<PathBuf>,
+    /// Also time searches in a synthetic table of N items: the --table's vectors and jittered
+    /// copies of them (seeded).
+    #[arg(long, value_name = "N", requires = "table")]
+    search_items: Option<usize>,
+    /// Time the searches only (no model is loaded).
+    #[arg(long, requires = "table")]
+    search_only: bool,
 }
 
 /// The default config path of an installed kiosk.
@@ -869,6 +876,8 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         threads: args.threads,
         profile: args.profile,
         scan: args.frame.zip(args.reference),
+        search_items: args.search_items,
+        search_only: args.search_only,
     })
 }
 
