@@ -304,6 +304,16 @@ def save_manifest(model: Path, manifest: dict) -> Path:
     return path
 
 
+def pair_twins(first: Path, second: Path) -> None:
+    """Names each model as the other's `twin` in its manifest: the same network in another
+    precision, whose tables it reads (the kiosk runs whichever is faster on its CPU)."""
+    for model, twin in ((first, second), (second, first)):
+        path = model.with_suffix(".manifest.json")
+        manifest = json.loads(path.read_text())
+        manifest["twin"] = {"manifest": twin.with_suffix(".manifest.json").name, "sha256": sha256(twin)}
+        save_manifest(model, manifest)
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands
 
@@ -336,6 +346,7 @@ def cmd_build(args) -> None:
     import onnxruntime
 
     write_manifest(int8, "int8", {**provenance, "quantisation": quant, "onnxruntime": onnxruntime.__version__})
+    pair_twins(int8, fp32)
     print(f"wrote {fp32} and {int8} with manifests")
 
 

@@ -26,6 +26,10 @@ def test_manifests_describe_their_models(random_build):
         assert manifest["output"] == {"name": "embedding", "dim": 2048}
         assert manifest["input"]["width"] == manifest["input"]["height"] == 224
         assert "random weights" in manifest["provenance"]["weights"]
+        other = "int8" if precision == "fp32" else "fp32"
+        twin = random_build / f"random-resnet50-{other}.onnx"
+        assert manifest["twin"] == {"manifest": twin.with_suffix(".manifest.json").name,
+                                    "sha256": build_models.sha256(twin)}
 
 
 def test_int8_model_uses_integer_convolutions_and_tracks_fp32(random_build):

@@ -547,16 +547,16 @@ impl Table {
         format!("{:08x}", get_u32(self.bytes.as_bytes(), 92))
     }
 
-    /// Refuses the table unless it was made by the model with `fingerprint`; the message names
-    /// both files.
-    pub fn ensure_model(&self, fingerprint: Fingerprint, manifest: &Path) -> Result<()> {
-        if self.fingerprint != fingerprint {
+    /// Refuses the table unless it was made by a model of `accepted` (the model, then its twin);
+    /// the message names both files.
+    pub fn ensure_model(&self, accepted: &[Fingerprint], manifest: &Path) -> Result<()> {
+        if !accepted.contains(&self.fingerprint) {
             bail!(
                 "table {} was built by model {}, but the loaded model {} is {}: rebuild the table with `fashion-kiosk index --model {}`",
                 self.path.display(),
                 self.fingerprint.short(),
                 manifest.display(),
-                fingerprint.short(),
+                accepted[0].short(),
                 manifest.display()
             );
         }
@@ -947,7 +947,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let table = Table::load(&sample(dir.path(), Element::F16)).unwrap();
         let err = table
-            .ensure_model(Fingerprint([8; 32]), Path::new("other.manifest.json"))
+            .ensure_model(&[Fingerprint([8; 32])], Path::new("other.manifest.json"))
             .unwrap_err()
             .to_string();
         assert!(
@@ -955,7 +955,7 @@ mod tests {
             "{err}"
         );
         assert!(table
-            .ensure_model(Fingerprint([7; 32]), Path::new("m"))
+            .ensure_model(&[Fingerprint([7; 32])], Path::new("m"))
             .is_ok());
     }
 

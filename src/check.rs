@@ -177,8 +177,11 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
         status: "checked".into(),
         ..Health::default()
     };
-    let manifest = config.model.manifest_path();
-    let embedder = Embedder::load(&manifest);
+    let pick = config.model.pick();
+    let embedder = pick
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|pick| Embedder::load(&pick.manifest));
     if let Ok(embedder) = &embedder {
         health.model = Some(ModelHealth {
             name: embedder.manifest().name.clone(),
@@ -191,11 +194,13 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .map(|e| {
+                let pick = pick.as_ref().expect("the model loaded");
                 format!(
-                    "{} ({}, {})",
+                    "{} ({}, {}; {})",
                     e.manifest().name,
-                    manifest.display(),
-                    e.fingerprint().short()
+                    pick.manifest.display(),
+                    e.fingerprint().short(),
+                    pick.reason
                 )
             }),
     ));

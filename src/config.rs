@@ -42,18 +42,24 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Model manifest (default: the bundled int8 fashion ResNet50).
+    /// Model manifest (default: the bundled int8 fashion ResNet50); `"auto"`: the bundled model or
+    /// its fp32 twin, whichever runs faster on this CPU.
     pub manifest: Option<PathBuf>,
     /// Threads for the network's matrix products; 0 = all cores.
     pub threads: usize,
 }
 
 impl ModelConfig {
-    /// The manifest to load: the configured one or the bundled default.
-    pub fn manifest_path(&self) -> PathBuf {
-        self.manifest
-            .clone()
-            .unwrap_or_else(|| resources::locate(resources::DEFAULT_MODEL))
+    /// The manifest to load and why: the configured one (`"auto"` resolved for this CPU) or the
+    /// bundled default.
+    pub fn pick(&self) -> anyhow::Result<crate::form::Pick> {
+        match &self.manifest {
+            Some(configured) => crate::form::resolve(configured),
+            None => Ok(crate::form::Pick {
+                manifest: resources::locate(resources::DEFAULT_MODEL),
+                reason: "the default".into(),
+            }),
+        }
     }
 
     /// The thread count to use: the configured one, or all cores for 0.
@@ -690,7 +696,9 @@ impl Config {
             }
         };
         if let Some(m) = self.model.manifest.as_mut() {
-            fix(m)
+            if m != Path::new(crate::form::AUTO) {
+                fix(m)
+            }
         }
         fix(&mut self.catalogue.table);
         match &mut self.camera {

@@ -60,7 +60,15 @@ impl std::fmt::Display for IndexReport {
             self.skipped.len(),
             self.ignored,
             self.elapsed.as_secs_f64()
-        )
+        )?;
+        if self.embedded > 0 {
+            write!(
+                f,
+                " ({:.2} images/s embedded)",
+                self.embedded as f64 / self.elapsed.as_secs_f64()
+            )?;
+        }
+        Ok(())
     }
 }
 

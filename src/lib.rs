@@ -19,6 +19,7 @@ pub mod config;
 pub mod device;
 pub mod evaluate;
 pub mod foreground;
+pub mod form;
 pub mod frames;
 pub mod health;
 pub mod indexer;

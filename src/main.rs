@@ -12,6 +12,7 @@ use fashion_kiosk::calibration::{Calibration, ColourSettings, SceneFiles};
 use fashion_kiosk::catalogue::{Element, Table};
 use fashion_kiosk::colour::Correction;
 use fashion_kiosk::config::{Config, OutfitConfig, Overrides};
+use fashion_kiosk::form;
 use fashion_kiosk::indexer::{self, IndexJob};
 use fashion_kiosk::labels::Labels;
 use fashion_kiosk::model::{self, Embedder};
@@ -63,18 +64,23 @@ enum Command {
 
 #[derive(Args)]
 struct ModelArg {
-    /// Model manifest (default: the bundled int8 fashion ResNet50).
+    /// Model manifest (default: the bundled int8 fashion ResNet50); `auto`: the bundled model or
+    /// its fp32 twin, whichever runs faster on this CPU.
     #[arg(long, value_name = "MANIFEST")]
     model: Option<PathBuf>,
 }
 
 impl ModelArg {
+    /// The manifest given (`auto` resolved for this CPU), else the bundled default.
+    fn path(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(path) => Ok(form::resolve(path)?.manifest),
+            None => Ok(resources::locate(resources::DEFAULT_MODEL)),
+        }
+    }
+
     fn load(&self) -> Result<Embedder> {
-        let path = self
-            .model
-            .clone()
-            .unwrap_or_else(|| resources::locate(resources::DEFAULT_MODEL));
-        Embedder::load(&path)
+        Embedder::load(&self.path()?)
     }
 }
 
@@ -141,6 +147,10 @@ struct IndexArgs {
     /// the folder's images cannot be read (otherwise refused, leaving it unchanged).
     #[arg(long)]
     allow_shrink: bool,
+    /// Embed with the model given even where its twin (named in its manifest) runs faster on this
+    /// CPU; by default the faster form embeds, and the table serves both.
+    #[arg(long)]
+    no_twin: bool,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -504,7 +514,14 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn cmd_index(args: IndexArgs) -> Result<()> {
-    let embedder = args.model.load()?;
+    let given = args.model.path()?;
+    let embedder = if args.no_twin {
+        Embedder::load(&given)?
+    } else {
+        let pick = form::pick(&given, form::has_int8_dot_product())?;
+        tracing::info!("embedding with {} ({})", pick.manifest.display(), pick.reason);
+        Embedder::load(&pick.manifest)?
+    };
     let labels = args.labels.as_deref().map(Labels::load).transpose()?;
     index(
         &embedder,

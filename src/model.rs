@@ -145,8 +145,22 @@ pub struct Manifest {
     pub sha256: String,
     pub input: InputSpec,
     pub output: OutputSpec,
+    /// The same network in another precision, whose tables this model reads.
+    #[serde(default)]
+    pub twin: Option<Twin>,
     #[serde(default)]
     pub provenance: serde_json::Value,
+}
+
+/// A manifest's `twin`: the same network in another precision, whose top-5 lists agree with this
+/// one's (measured), so that a table built by either serves both ([`crate::form`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Twin {
+    /// The twin's manifest, a file name beside this one.
+    pub manifest: String,
+    /// The SHA-256 of the twin's model file.
+    pub sha256: String,
 }
 
 impl Manifest {
@@ -170,6 +184,9 @@ impl Manifest {
         );
         validate_model_file(&self.model_file, &self.sha256)?;
         self.input.validate()?;
+        if let Some(twin) = &self.twin {
+            validate_model_file(&twin.manifest, &twin.sha256).context("field `twin`")?;
+        }
         ensure!(
             (1..=65536).contains(&self.output.dim),
             "field `output.dim` must be within 1..=65536, got {}",
@@ -211,10 +228,14 @@ impl Embedder {
         })
     }
 
-    /// Loads the table at `path` and checks it was made with this model.
+    /// Loads the table at `path` and checks it was made with this model or its twin.
     pub fn load_table(&self, path: &Path) -> Result<crate::catalogue::Table> {
         let table = crate::catalogue::Table::load(path)?;
-        table.ensure_model(self.fingerprint(), self.manifest_path())?;
+        let twin = self.manifest.twin.as_ref().map(|t| {
+            Fingerprint::from_hex(&t.sha256).expect("validated at load")
+        });
+        let accepted: Vec<Fingerprint> = std::iter::once(self.fingerprint()).chain(twin).collect();
+        table.ensure_model(&accepted, self.manifest_path())?;
         Ok(table)
     }
 

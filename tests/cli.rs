@@ -178,7 +178,9 @@ fn index_skips_bad_files_reindexes_only_changes_and_query_finds_the_item_itself(
         "decode",
         "preprocess",
         "embed fashion-resnet50-int8 (int8, 1 thread) median",
-        "search top-5 of 8 items (i8)",
+        "search top-5 of 8 items, i8 ",
+        "search top-5 of 8 items, i8, every item scored",
+        "vector memory per item",
         "peak RSS",
     ] {
         assert!(

@@ -122,8 +122,11 @@ pub fn run(config: &Config) -> Result<()> {
         detail: "Loading the model and the catalogue".into(),
     });
 
-    let manifest = config.model.manifest_path();
-    let embedder = Embedder::load(&manifest)
+    let pick = config
+        .model
+        .pick()
+        .map_err(|e| startup_failure("No model", &mut screens, &mut monitor, e))?;
+    let embedder = Embedder::load(&pick.manifest)
         .map_err(|e| startup_failure("No model", &mut screens, &mut monitor, e))?;
     monitor.set_model(ModelHealth {
         name: embedder.manifest().name.clone(),
@@ -141,9 +144,10 @@ pub fn run(config: &Config) -> Result<()> {
         fingerprint: table.content_id(),
     });
     tracing::info!(
-        "model {} ({}), catalogue {} with {items} items",
+        "model {} ({}; {}), catalogue {} with {items} items",
         embedder.manifest().name,
-        manifest.display(),
+        pick.manifest.display(),
+        pick.reason,
         config.catalogue.table.display()
     );
     let calibration = load_calibration(config);
