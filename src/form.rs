@@ -107,7 +107,9 @@ mod tests {
     use super::*;
 
     fn bundled(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name)
     }
 
     #[test]
@@ -118,7 +120,10 @@ mod tests {
         assert_eq!(pick(&int8, false).unwrap().manifest, fp32);
         assert_eq!(pick(&fp32, true).unwrap().manifest, int8);
         assert_eq!(pick(&fp32, false).unwrap().manifest, fp32);
-        assert!(pick(&int8, false).unwrap().reason.contains("no int8 dot product"));
+        assert!(pick(&int8, false)
+            .unwrap()
+            .reason
+            .contains("no int8 dot product"));
     }
 
     #[test]
@@ -135,9 +140,12 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
         json["sha256"] = "ab".repeat(32).into();
         std::fs::write(&fp32, json.to_string()).unwrap();
-        let err = pick(&dir.path().join("fashion-resnet50-int8.manifest.json"), false)
-            .unwrap_err()
-            .to_string();
+        let err = pick(
+            &dir.path().join("fashion-resnet50-int8.manifest.json"),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("is not the one it was measured with"), "{err}");
     }
 

@@ -519,7 +519,11 @@ fn cmd_index(args: IndexArgs) -> Result<()> {
         Embedder::load(&given)?
     } else {
         let pick = form::pick(&given, form::has_int8_dot_product())?;
-        tracing::info!("embedding with {} ({})", pick.manifest.display(), pick.reason);
+        tracing::info!(
+            "embedding with {} ({})",
+            pick.manifest.display(),
+            pick.reason
+        );
         Embedder::load(&pick.manifest)?
     };
     let labels = args.labels.as_deref().map(Labels::load).transpose()?;

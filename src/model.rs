@@ -231,9 +231,11 @@ impl Embedder {
     /// Loads the table at `path` and checks it was made with this model or its twin.
     pub fn load_table(&self, path: &Path) -> Result<crate::catalogue::Table> {
         let table = crate::catalogue::Table::load(path)?;
-        let twin = self.manifest.twin.as_ref().map(|t| {
-            Fingerprint::from_hex(&t.sha256).expect("validated at load")
-        });
+        let twin = self
+            .manifest
+            .twin
+            .as_ref()
+            .map(|t| Fingerprint::from_hex(&t.sha256).expect("validated at load"));
         let accepted: Vec<Fingerprint> = std::iter::once(self.fingerprint()).chain(twin).collect();
         table.ensure_model(&accepted, self.manifest_path())?;
         Ok(table)
@@ -328,8 +330,11 @@ pub fn read_verified(
 /// optimised by tract, and the concrete shape of its one output.
 pub fn optimise(bytes: &[u8], input: &InputSpec) -> Result<(TypedModel, Vec<usize>)> {
     let shape = [1usize, 3, input.height as usize, input.width as usize];
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut std::io::Cursor::new(bytes))?
+    let onnx = tract_onnx::onnx();
+    let mut proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(bytes))?;
+    fold_f16_weight_casts(&mut proto);
+    let model = onnx
+        .model_for_proto_model(&proto)?
         .with_input_fact(0, f32::fact(shape).into())?
         .into_optimized()?;
     ensure!(
@@ -344,6 +349,84 @@ pub fn optimise(bytes: &[u8], input: &InputSpec) -> Result<(TypedModel, Vec<usiz
         .context("output shape is not concrete")?
         .to_vec();
     Ok((model, output))
+}
+
+/// Replaces each `Cast` to f32 of an f16 weight (how our models store weights at half the size)
+/// by the weight already in f32. tract would otherwise convert such a weight at every run and
+/// several times while optimising (~0.9 G instructions of a Pi 5's start-up, 8% of an int8
+/// embedding). The conversion is exact, so the network computes the same. Returns how many.
+fn fold_f16_weight_casts(proto: &mut tract_onnx::pb::ModelProto) -> usize {
+    const FLOAT: i32 = 1;
+    const FLOAT16: i32 = 10;
+    let Some(graph) = proto.graph.as_mut() else {
+        return 0;
+    };
+    let mut folded = Vec::new();
+    for (position, node) in graph.node.iter().enumerate() {
+        let to_f32 = node
+            .attribute
+            .iter()
+            .any(|a| a.name == "to" && a.i == i64::from(FLOAT));
+        if node.op_type != "Cast" || !to_f32 || node.input.len() != 1 || node.output.len() != 1 {
+            continue;
+        }
+        let Some(weight) = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == node.input[0] && t.data_type == FLOAT16)
+        else {
+            continue;
+        };
+        // f16 values travel as raw little-endian bytes, or one per int32 (ONNX's rule).
+        let halves: Vec<u16> = if weight.raw_data.is_empty() {
+            weight.int32_data.iter().map(|v| *v as u16).collect()
+        } else {
+            weight
+                .raw_data
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect()
+        };
+        let values: i64 = weight.dims.iter().product();
+        if i64::try_from(halves.len()) != Ok(values) {
+            continue;
+        }
+        let raw_data = halves
+            .iter()
+            .flat_map(|h| half::f16::from_bits(*h).to_f32().to_le_bytes())
+            .collect();
+        folded.push((
+            position,
+            tract_onnx::pb::TensorProto {
+                name: node.output[0].clone(),
+                dims: weight.dims.clone(),
+                data_type: FLOAT,
+                raw_data,
+                ..Default::default()
+            },
+        ));
+    }
+    for (position, _) in folded.iter().rev() {
+        graph.node.remove(*position);
+    }
+    let count = folded.len();
+    graph
+        .initializer
+        .extend(folded.into_iter().map(|(_, weight)| weight));
+    // The f16 originals that nothing reads any more.
+    let read: std::collections::HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .collect();
+    let unread: std::collections::HashSet<String> = graph
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == FLOAT16 && !read.contains(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect();
+    graph.initializer.retain(|t| !unread.contains(&t.name));
+    count
 }
 
 /// `input` ready to be written: tract may still hold the previous run's tensor, and then a
@@ -451,6 +534,35 @@ pub fn normalise(vector: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundled_models_f16_weight_casts_are_folded_into_f32_weights() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        for (file, casts) in [
+            ("fashion-resnet50-int8.onnx", 2),
+            ("fashion-resnet50-fp32.onnx", 2),
+        ] {
+            let bytes = std::fs::read(models.join(file)).unwrap();
+            let onnx = tract_onnx::onnx();
+            let mut proto = onnx
+                .proto_model_for_read(&mut std::io::Cursor::new(&bytes))
+                .unwrap();
+            let before = proto.graph.as_ref().unwrap().node.len();
+            let folded = fold_f16_weight_casts(&mut proto);
+            let graph = proto.graph.as_ref().unwrap();
+            assert!(folded >= casts, "{file}: {folded} casts folded");
+            assert_eq!(graph.node.len(), before - folded, "{file}");
+            assert!(
+                graph.node.iter().all(|n| n.op_type != "Cast"
+                    || !graph.initializer.iter().any(|t| t.name == n.input[0])),
+                "{file}: a weight is still cast at run time"
+            );
+            assert!(
+                graph.initializer.iter().all(|t| t.data_type != 10),
+                "{file}"
+            );
+        }
+    }
 
     #[test]
     fn fingerprint_round_trips_through_hex() {
