@@ -313,7 +313,26 @@ pub fn read_verified(
             manifest_path.display()
         )
     })?;
-    let actual = Fingerprint(Sha256::digest(&bytes).into());
+    let cache = DigestCache::from_env();
+    let identity = FileIdentity::of(&model_path);
+    let remembered = cache
+        .as_ref()
+        .zip(identity.as_ref())
+        .and_then(|(cache, identity)| cache.lookup(identity));
+    let actual = match remembered {
+        Some(digest) => digest,
+        None => {
+            let digest = Fingerprint(Sha256::digest(&bytes).into());
+            // Only a file that is the one expected is remembered, and only if it did not change
+            // while it was read.
+            if let (Some(cache), Some(identity)) = (&cache, &identity) {
+                if digest == expected && FileIdentity::of(&model_path).as_ref() == Some(identity) {
+                    cache.remember(identity, digest);
+                }
+            }
+            digest
+        }
+    };
     if actual != expected {
         bail!(
             "{what} {} does not match its manifest {}: sha256 is {}, the manifest says {}",
@@ -324,6 +343,99 @@ pub fn read_verified(
         );
     }
     Ok((model_path, bytes))
+}
+
+/// What identifies a file's contents without reading them: any write, truncation, replacement or
+/// `touch` changes its change time (which no user can set) or another field.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct FileIdentity {
+    path: PathBuf,
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(Self {
+            path: std::fs::canonicalize(path).ok()?,
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            modified_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            changed_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+}
+
+/// Digests of model files already verified, by file identity, so that a kiosk restarting on the
+/// same files does not hash ~40 MB again (1.2 G instructions on a Pi 5). It lives in the service's
+/// state folder (`$STATE_DIRECTORY`, set by systemd's `StateDirectory=`); without one, every start
+/// hashes. A file that changes in any way has a new identity and is hashed again.
+pub struct DigestCache {
+    path: PathBuf,
+}
+
+#[derive(Default, serde::Serialize, Deserialize)]
+struct DigestRecords {
+    verified: Vec<(FileIdentity, String)>,
+}
+
+impl DigestCache {
+    const FILE: &'static str = "verified-models.json";
+
+    /// The cache in `$STATE_DIRECTORY`, if the service has one.
+    pub fn from_env() -> Option<Self> {
+        let dir = std::env::var_os("STATE_DIRECTORY")?;
+        // systemd may list several folders, colon-separated: the first is the service's own.
+        let first = std::env::split_paths(&dir).next()?;
+        Some(Self::in_folder(&first))
+    }
+
+    pub fn in_folder(dir: &Path) -> Self {
+        Self {
+            path: dir.join(Self::FILE),
+        }
+    }
+
+    fn records(&self) -> DigestRecords {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// The digest remembered for a file of exactly this identity.
+    pub fn lookup(&self, identity: &FileIdentity) -> Option<Fingerprint> {
+        self.records()
+            .verified
+            .into_iter()
+            .find(|(known, _)| known == identity)
+            .and_then(|(_, digest)| Fingerprint::from_hex(&digest))
+    }
+
+    /// Remembers `digest` for the file of `identity` (replacing what was known of that path).
+    /// A cache that cannot be written is logged, never an error: the next start hashes again.
+    pub fn remember(&self, identity: &FileIdentity, digest: Fingerprint) {
+        let mut records = self.records();
+        records
+            .verified
+            .retain(|(known, _)| known.path != identity.path);
+        records
+            .verified
+            .push((identity.clone(), digest.to_string()));
+        let written = serde_json::to_vec_pretty(&records)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| crate::catalogue::write_atomically(&self.path, &bytes));
+        if let Err(err) = written {
+            tracing::warn!("{err:#}; model files will be hashed again at the next start");
+        }
+    }
 }
 
 /// The ONNX network in `bytes` for one `1 × 3 × height × width` f32 input as `input` says,
@@ -562,6 +674,29 @@ mod tests {
                 "{file}"
             );
         }
+    }
+
+    #[test]
+    fn a_digest_is_remembered_by_file_identity_and_forgotten_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.onnx");
+        std::fs::write(&file, b"weights").unwrap();
+        let cache = DigestCache::in_folder(dir.path());
+        let identity = FileIdentity::of(&file).unwrap();
+        assert_eq!(cache.lookup(&identity), None);
+        let digest = Fingerprint(Sha256::digest(b"weights").into());
+        cache.remember(&identity, digest);
+        assert_eq!(
+            cache.lookup(&FileIdentity::of(&file).unwrap()),
+            Some(digest)
+        );
+        // Same size, other bytes: a new identity, so it is hashed again.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&file, b"weighTs").unwrap();
+        assert_eq!(cache.lookup(&FileIdentity::of(&file).unwrap()), None);
+        // A corrupt cache file is an empty cache.
+        std::fs::write(dir.path().join(DigestCache::FILE), b"{not json").unwrap();
+        assert_eq!(cache.lookup(&identity), None);
     }
 
     #[test]
