@@ -125,6 +125,14 @@ fn index_skips_bad_files_reindexes_only_changes_and_query_finds_the_item_itself(
         err.contains("8 items (8 embedded, 0 unchanged), 3 skipped, 1 non-image files ignored"),
         "{err}"
     );
+    // The faster form for this CPU embedded; the int8 model's queries below read its table.
+    let form = fashion_kiosk::form::fastest_precision(fashion_kiosk::form::has_int8_dot_product());
+    assert!(
+        err.contains("embedding with ")
+            && err.contains(&format!("fashion-resnet50-{form}.manifest.json")),
+        "{err}"
+    );
+    assert!(err.contains("images/s embedded"), "{err}");
 
     // Each catalogue image finds itself first, with its labels as metadata.
     for name in &picked[..3] {
