@@ -97,16 +97,7 @@ pub fn all_neighbours(table: &Table, k: usize) -> Result<Vec<Vec<usize>>> {
 /// Mean share of each item's k reference neighbours (from `reference`, e.g. an f32 table of the
 /// same images) that `table` also returns: how much the compact storage changes the results.
 pub fn neighbour_recall(table: &Table, reference: &Table, k: usize) -> Result<f64> {
-    ensure!(
-        table
-            .items()
-            .iter()
-            .map(|i| &i.id)
-            .eq(reference.items().iter().map(|i| &i.id)),
-        "tables {} and {} do not hold the same items in the same order",
-        table.path().display(),
-        reference.path().display()
-    );
+    ensure_same_items(table, reference)?;
     let ours = all_neighbours(table, k)?;
     let theirs = all_neighbours(reference, k)?;
     let hits: usize = ours
@@ -115,6 +106,40 @@ pub fn neighbour_recall(table: &Table, reference: &Table, k: usize) -> Result<f6
         .map(|(a, b)| a.iter().filter(|i| b.contains(i)).count())
         .sum();
     Ok(hits as f64 / (k * table.len()) as f64)
+}
+
+/// Mean share of each item's k neighbours in `twin` (the same images embedded by the model's
+/// twin, searched with the twin's vector of the item) that `table` returns for that same query:
+/// how well a table built by one form answers the other form's queries.
+pub fn twin_agreement(table: &Table, twin: &Table, k: usize) -> Result<f64> {
+    ensure_same_items(table, twin)?;
+    let hits = (0..twin.len())
+        .into_par_iter()
+        .map(|q| -> Result<usize> {
+            let query = twin.vector(q);
+            let theirs = twin.nearest(&query, k, Some(q))?;
+            let ours = table.nearest(&query, k, Some(q))?;
+            Ok(ours
+                .iter()
+                .filter(|a| theirs.iter().any(|b| b.index == a.index))
+                .count())
+        })
+        .sum::<Result<usize>>()?;
+    Ok(hits as f64 / (k * table.len()) as f64)
+}
+
+fn ensure_same_items(table: &Table, other: &Table) -> Result<()> {
+    ensure!(
+        table
+            .items()
+            .iter()
+            .map(|i| &i.id)
+            .eq(other.items().iter().map(|i| &i.id)),
+        "tables {} and {} do not hold the same items in the same order",
+        table.path().display(),
+        other.path().display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -176,6 +201,37 @@ mod tests {
         let (f32_table, _) = fixture(dir.path(), Element::F32);
         let (i8_table, _) = fixture(dir.path(), Element::I8);
         assert_eq!(neighbour_recall(&i8_table, &f32_table, 1).unwrap(), 1.0);
+    }
+
+    #[test]
+    fn twin_agreement_compares_both_tables_answers_to_the_twins_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (table, _) = fixture(dir.path(), Element::F32);
+        let (same, _) = fixture(dir.path(), Element::I8);
+        assert_eq!(twin_agreement(&table, &same, 1).unwrap(), 1.0);
+        // A "twin" that puts the a items where the b items are and back: its query for a1 sits on
+        // b1 in the table, while its own neighbour of a1 is a2.
+        let mut builder = TableBuilder::new(Fingerprint([2; 32]), 2, vec![]);
+        for (id, x, y) in [
+            ("a1", 0.1, 1.0),
+            ("a2", 0.2, 1.0),
+            ("b1", 1.0, 0.1),
+            ("b2", 1.0, 0.2),
+        ] {
+            let mut v = vec![x, y];
+            crate::model::normalise(&mut v);
+            let item = Item {
+                id: id.into(),
+                source: format!("{id}.jpg"),
+                digest: String::new(),
+                metadata: vec![],
+            };
+            builder.push(item, &v).unwrap();
+        }
+        let swapped = dir.path().join("swapped.fkt");
+        builder.write(&swapped, Element::F32).unwrap();
+        let swapped = Table::load(&swapped).unwrap();
+        assert_eq!(twin_agreement(&table, &swapped, 1).unwrap(), 0.0);
     }
 }
 

@@ -295,6 +295,11 @@ struct EvalArgs {
     /// e.g. stored as f32) the evaluated table returns.
     #[arg(long, value_name = "TABLE")]
     reference: Option<PathBuf>,
+    /// Also: the same items embedded by the model's twin; each item's vector there is a query,
+    /// and the share of its k neighbours there that this table returns is reported (a table built
+    /// by one form answering the other form's queries).
+    #[arg(long, value_name = "TABLE")]
+    twin: Option<PathBuf>,
     /// Also compare each item's visual list with its re-ranked one under the `[recommend]`
     /// section of this config (label precision, distinct labels, filter violations, time).
     #[arg(long, value_name = "CONFIG")]
@@ -747,10 +752,15 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
         .as_deref()
         .map(|r| evaluate::neighbour_recall(&table, &Table::load(r)?, args.k))
         .transpose()?;
+    let twin = args
+        .twin
+        .as_deref()
+        .map(|t| evaluate::twin_agreement(&table, &Table::load(t)?, args.k))
+        .transpose()?;
     if args.json {
         let json = serde_json::json!({
             "table": args.table, "items": table.len(), "k": args.k,
-            "precision": precision, "neighbour_recall": recall,
+            "precision": precision, "neighbour_recall": recall, "twin_agreement": twin,
         });
         println!("{json}");
         return Ok(());
@@ -773,6 +783,14 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             args.k,
             args.reference.unwrap().display(),
             recall
+        );
+    }
+    if let Some(agreement) = twin {
+        println!(
+            "  agreement@{} with the twin's queries and neighbours in {}: {:.4}",
+            args.k,
+            args.twin.as_deref().expect("given").display(),
+            agreement
         );
     }
     Ok(())
