@@ -125,14 +125,25 @@ fn index_skips_bad_files_reindexes_only_changes_and_query_finds_the_item_itself(
         err.contains("8 items (8 embedded, 0 unchanged), 3 skipped, 1 non-image files ignored"),
         "{err}"
     );
-    // The faster form for this CPU embedded; the int8 model's queries below read its table.
+    assert!(err.contains("images/s embedded"), "{err}");
+    // With --twin the faster form for this CPU embeds, and the int8 model reads its table.
+    let twin_table = dir.path().join("twin.fkt");
+    let out = index_with(&catalogue, &twin_table, &int8_manifest(), &["--twin"]);
     let form = fashion_kiosk::form::fastest_precision(fashion_kiosk::form::has_int8_dot_product());
     assert!(
-        err.contains("embedding with ")
-            && err.contains(&format!("fashion-resnet50-{form}.manifest.json")),
-        "{err}"
+        stderr(&out).contains(&format!(
+            "embedding with {}",
+            repo(&format!("models/fashion-resnet50-{form}.manifest.json")).display()
+        )),
+        "{}",
+        stderr(&out)
     );
-    assert!(err.contains("images/s embedded"), "{err}");
+    let answer = query_json(&twin_table, &catalogue.join(&picked[0]), &int8_manifest());
+    assert_eq!(
+        answer["results"][0]["id"],
+        picked[0].trim_end_matches(".jpg"),
+        "{answer}"
+    );
 
     // Each catalogue image finds itself first, with its labels as metadata.
     for name in &picked[..3] {
