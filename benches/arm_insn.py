@@ -6,8 +6,8 @@ Counts `fashion-kiosk bench --threads 1 --model M --runs LO` and `--runs HI` wit
 decodes the image once, preprocesses it twice and runs the network once: the network is the
 difference less decode/preprocess code; one embedding's decode + preprocess is given beside it.
 --startup: one whole `fashion-kiosk query` run, and start-up = it minus one bench embedding.
-  CARGO_TARGET_DIR=/work/target-insn CARGO_PROFILE_RELEASE_STRIP=none cargo build --release \\
-      --target aarch64-unknown-linux-gnu; B=/work/target-insn/aarch64-unknown-linux-gnu/release/fashion-kiosk
+  CARGO_TARGET_DIR=target/insn CARGO_PROFILE_RELEASE_STRIP=none cargo build --release \\
+      --target aarch64-unknown-linux-gnu; B=target/insn/aarch64-unknown-linux-gnu/release/fashion-kiosk
   benches/arm_insn.py --binary $B --cpu cortex-a76 --model models/fashion-resnet50-int8.manifest.json
   benches/arm_insn.py --binary $B --cpu cortex-a76 --startup --table T.fkt   # T made with that model
 
