@@ -177,11 +177,11 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
         status: "checked".into(),
         ..Health::default()
     };
-    let pick = config.model.pick();
-    let embedder = pick
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(|pick| Embedder::load(&pick.manifest));
+    let loaded = config
+        .model
+        .pick()
+        .and_then(|pick| Ok((Embedder::load(&pick.manifest)?, pick)));
+    let embedder = loaded.as_ref().map(|(embedder, _)| embedder);
     if let Ok(embedder) = &embedder {
         health.model = Some(ModelHealth {
             name: embedder.manifest().name.clone(),
@@ -190,11 +190,10 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
     }
     findings.push(finding(
         "model",
-        embedder
+        loaded
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .map(|e| {
-                let pick = pick.as_ref().expect("the model loaded");
+            .map(|(e, pick)| {
                 format!(
                     "{} ({}, {}; {})",
                     e.manifest().name,

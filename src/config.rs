@@ -53,13 +53,7 @@ impl ModelConfig {
     /// The manifest to load and why: the configured one (`"auto"` resolved for this CPU) or the
     /// bundled default.
     pub fn pick(&self) -> anyhow::Result<crate::form::Pick> {
-        match &self.manifest {
-            Some(configured) => crate::form::resolve(configured),
-            None => Ok(crate::form::Pick {
-                manifest: resources::locate(resources::DEFAULT_MODEL),
-                reason: "the default".into(),
-            }),
-        }
+        crate::form::resolve(self.manifest.as_deref())
     }
 
     /// The thread count to use: the configured one, or all cores for 0.

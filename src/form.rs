@@ -86,19 +86,20 @@ pub fn pick(manifest: &Path, int8_dot_product: bool) -> Result<Pick> {
     })
 }
 
-/// Resolves a configured manifest: [`AUTO`] is the bundled model or its twin, whichever runs
-/// faster on this CPU; any other path is taken as it is.
-pub fn resolve(configured: &Path) -> Result<Pick> {
-    if configured == Path::new(AUTO) {
-        pick(
-            &crate::resources::locate(crate::resources::DEFAULT_MODEL),
-            has_int8_dot_product(),
-        )
-    } else {
-        Ok(Pick {
-            manifest: configured.to_path_buf(),
+/// Resolves a configured manifest: none is the bundled model, [`AUTO`] the bundled model or its
+/// twin, whichever runs faster on this CPU; any other path is taken as it is.
+pub fn resolve(configured: Option<&Path>) -> Result<Pick> {
+    let bundled = || crate::resources::locate(crate::resources::DEFAULT_MODEL);
+    match configured {
+        None => Ok(Pick {
+            manifest: bundled(),
+            reason: "the default".into(),
+        }),
+        Some(auto) if auto == Path::new(AUTO) => pick(&bundled(), has_int8_dot_product()),
+        Some(path) => Ok(Pick {
+            manifest: path.to_path_buf(),
             reason: "configured".into(),
-        })
+        }),
     }
 }
 
@@ -151,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_path_other_than_auto_is_taken_as_it_is() {
-        let pick = resolve(Path::new("/etc/models/x.manifest.json")).unwrap();
+        let pick = resolve(Some(Path::new("/etc/models/x.manifest.json"))).unwrap();
         assert_eq!(pick.manifest, Path::new("/etc/models/x.manifest.json"));
     }
 }

@@ -73,10 +73,7 @@ struct ModelArg {
 impl ModelArg {
     /// The manifest given (`auto` resolved for this CPU), else the bundled default.
     fn path(&self) -> Result<PathBuf> {
-        match &self.model {
-            Some(path) => Ok(form::resolve(path)?.manifest),
-            None => Ok(resources::locate(resources::DEFAULT_MODEL)),
-        }
+        Ok(form::resolve(self.model.as_deref())?.manifest)
     }
 
     fn load(&self) -> Result<Embedder> {
