@@ -151,32 +151,42 @@ mod tests {
     /// Four items on two axes: a1, a2 near the x axis, b1, b2 near y. Colours: a1 and b1 red,
     /// a2 and b2 blue. With k = 1 every item's neighbour is its own kind but the other colour.
     fn fixture(dir: &std::path::Path, element: Element) -> (Table, Labels) {
-        let mut builder = TableBuilder::new(Fingerprint([1; 32]), 2, vec![]);
-        for (id, v) in [
+        let items = [
             ("a1", [1.0, 0.1]),
             ("a2", [1.0, 0.2]),
             ("b1", [0.1, 1.0]),
             ("b2", [0.2, 1.0]),
-        ] {
-            let mut v = v.to_vec();
-            crate::model::normalise(&mut v);
-            let item = Item {
-                id: id.into(),
-                source: format!("{id}.jpg"),
-                digest: String::new(),
-                metadata: vec![],
-            };
-            builder.push(item, &v).unwrap();
-        }
-        let path = dir.join(format!("{}.fkt", element.name()));
-        builder.write(&path, element).unwrap();
+        ];
+        let table = table_of(
+            &dir.join(format!("{}.fkt", element.name())),
+            &items,
+            element,
+        );
         let csv = dir.join("labels.csv");
         std::fs::write(
             &csv,
             "id,kind,colour\na1,a,red\na2,a,blue\nb1,b,red\nb2,b,\n",
         )
         .unwrap();
-        (Table::load(&path).unwrap(), Labels::load(&csv).unwrap())
+        (table, Labels::load(&csv).unwrap())
+    }
+
+    /// A table at `path` of 2-d items (normalised), stored as `element`.
+    fn table_of(path: &std::path::Path, items: &[(&str, [f32; 2])], element: Element) -> Table {
+        let mut builder = TableBuilder::new(Fingerprint([1; 32]), 2, vec![]);
+        for (id, v) in items {
+            let mut v = v.to_vec();
+            crate::model::normalise(&mut v);
+            let item = Item {
+                id: id.to_string(),
+                source: format!("{id}.jpg"),
+                digest: String::new(),
+                metadata: vec![],
+            };
+            builder.push(item, &v).unwrap();
+        }
+        builder.write(path, element).unwrap();
+        Table::load(path).unwrap()
     }
 
     #[test]
@@ -211,26 +221,16 @@ mod tests {
         assert_eq!(twin_agreement(&table, &same, 1).unwrap(), 1.0);
         // A "twin" that puts the a items where the b items are and back: its query for a1 sits on
         // b1 in the table, while its own neighbour of a1 is a2.
-        let mut builder = TableBuilder::new(Fingerprint([2; 32]), 2, vec![]);
-        for (id, x, y) in [
-            ("a1", 0.1, 1.0),
-            ("a2", 0.2, 1.0),
-            ("b1", 1.0, 0.1),
-            ("b2", 1.0, 0.2),
-        ] {
-            let mut v = vec![x, y];
-            crate::model::normalise(&mut v);
-            let item = Item {
-                id: id.into(),
-                source: format!("{id}.jpg"),
-                digest: String::new(),
-                metadata: vec![],
-            };
-            builder.push(item, &v).unwrap();
-        }
-        let swapped = dir.path().join("swapped.fkt");
-        builder.write(&swapped, Element::F32).unwrap();
-        let swapped = Table::load(&swapped).unwrap();
+        let swapped = table_of(
+            &dir.path().join("swapped.fkt"),
+            &[
+                ("a1", [0.1, 1.0]),
+                ("a2", [0.2, 1.0]),
+                ("b1", [1.0, 0.1]),
+                ("b2", [1.0, 0.2]),
+            ],
+            Element::F32,
+        );
         assert_eq!(twin_agreement(&table, &swapped, 1).unwrap(), 0.0);
     }
 }
