@@ -1152,13 +1152,8 @@ mod tests {
     /// A table of `count` unit vectors of `dim` values around a few centres (so that most items
     /// are far from any query), with every 50th item a copy of the one before it (exact ties).
     fn clustered(dir: &Path, count: usize, dim: usize) -> (PathBuf, Vec<Vec<f32>>) {
-        let mut state = 0x1234_5678u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut rng = Rng(0x1234_5678);
+        let mut next = move || (rng.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
         let centres: Vec<Vec<f32>> = (0..8).map(|_| (0..dim).map(|_| next()).collect()).collect();
         let mut builder = TableBuilder::new(Fingerprint([3; 32]), dim, vec!["group".into()]);
         let mut vectors: Vec<Vec<f32>> = Vec::new();
