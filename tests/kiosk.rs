@@ -521,8 +521,12 @@ fn signals_sent_while_the_model_loads_wait_their_turn() {
         "kind = \"simulated\"\nscreens = \"screens\"\nscale = 2",
     );
     let mut kiosk = Kiosk::start(&scene, &config, Stdio::null());
-    // SIGHUP's default action would end the process: it must be queued as a reload instead.
-    std::thread::sleep(Duration::from_millis(100));
+    // SIGHUP's default action would end the process: once the kiosk says it is starting (its
+    // handlers are in place, the model not loaded yet) it must be queued as a reload instead.
+    wait_for("the starting status", &kiosk, || {
+        kiosk.notified("STATUS=starting: loading the model and the catalogue")
+    });
+    assert!(!kiosk.notified("READY=1"), "ready before the signal");
     kiosk.signal(libc::SIGHUP);
     kiosk.wait_ready();
     wait_for("the reload", &kiosk, || kiosk.stderr().contains("reloaded"));

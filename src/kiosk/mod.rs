@@ -95,6 +95,9 @@ pub fn run(config: &Config) -> Result<()> {
     // service.
     let (inputs_tx, inputs) = mpsc::channel();
     spawn_signal_thread(inputs_tx.clone())?;
+    notify(&[sd_notify::NotifyState::Status(
+        "starting: loading the model and the catalogue",
+    )]);
     // The display next, so that every later failure can be shown.
     let (display, display_fault) = match device::open_display(&config.display) {
         Ok(Some(opened)) => {
