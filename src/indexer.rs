@@ -1,7 +1,8 @@
 //! Building a catalogue table from a folder of images: embed every image on all cores with a
 //! progress bar, skip bad files with one warning each, and re-embed only new or changed images.
 //! A table already at the output is only replaced when the new one keeps most of its items and
-//! nearly every image could be read, unless the job allows it to shrink.
+//! nearly every image could be read, unless the job allows it to shrink. On a cluster each task
+//! embeds one shard of the folder into a part file (Parquet) that `merge` joins into the table.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::catalogue::{Element, Item, Table, TableBuilder};
 use crate::labels::Labels;
 use crate::model::Embedder;
+use crate::part::{Part, Skipped};
 use crate::preprocess::{self, decode_bytes, Region};
+use crate::shard::Shard;
 
 /// What `index` should do.
 pub struct IndexJob<'a> {
@@ -28,6 +31,18 @@ pub struct IndexJob<'a> {
     /// the folder's images could not be read.
     pub allow_shrink: bool,
     pub show_progress: bool,
+    /// Embed only this shard's images. The output is then a part file for `merge` (see
+    /// [`is_part_path`]), as it is for a whole folder written to a `.parquet` name.
+    pub shard: Option<Shard>,
+    /// Only these files of the catalogue folder (names relative to it), not all its images.
+    pub files: Option<&'a [String]>,
+}
+
+/// Whether `path` names a part file (`.parquet`) rather than a table.
+pub fn is_part_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
 }
 
 /// The percentage of an existing table's items that a new table may drop without `allow_shrink`.
@@ -89,16 +104,40 @@ struct Embedded {
 pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
     let start = Instant::now();
     let mut report = IndexReport::default();
-    let candidates = list_images(job.catalogue, &mut report)?;
+    let shard = match (job.shard, is_part_path(job.out)) {
+        (Some(_), false) => bail!(
+            "a shard writes a part file for merge: give --out a .parquet name, not {}",
+            job.out.display()
+        ),
+        (shard, true) => Some(shard.unwrap_or(Shard::new(0, 1)?)),
+        (None, false) => None,
+    };
+    let mut candidates = match job.files {
+        Some(files) => listed_files(job.catalogue, files, &mut report),
+        None => list_images(job.catalogue, &mut report)?,
+    };
+    if let Some(shard) = shard {
+        candidates.retain(|candidate| shard.takes(&candidate.file_name));
+        if shard.index != 0 {
+            // Names that cannot be assigned to a shard are reported by the first one.
+            report.skipped.clear();
+            report.ignored = 0;
+        }
+    }
     // Files whose names could not be read: unreadable images too.
     let unnamed = report.skipped.len();
-    let existing = existing_table(job);
-    let previous = existing
-        .as_ref()
-        .map(|table| previous_vectors(embedder, job, table))
-        .unwrap_or_default();
-    let existing_ids: Option<Vec<String>> =
-        existing.map(|table| table.items().iter().map(|item| item.id.clone()).collect());
+    let (previous, existing_ids) = match shard {
+        Some(shard) => previous_part(embedder, job, shard),
+        None => {
+            let existing = existing_table(job);
+            let previous = existing
+                .as_ref()
+                .map(|table| previous_vectors(embedder, job, table))
+                .unwrap_or_default();
+            let ids = existing.map(|table| table.items().iter().map(|i| i.id.clone()).collect());
+            (previous, ids)
+        }
+    };
     let columns = job.labels.map(|l| l.columns.clone()).unwrap_or_default();
 
     let progress = if job.show_progress {
@@ -169,6 +208,62 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
     report.skipped.sort();
     let unreadable = report.skipped.len();
     report.reused = reused.into_inner();
+    let shrink = |kept: &HashSet<String>| -> Result<()> {
+        match existing_ids.clone().filter(|_| !job.allow_shrink) {
+            Some(existing_ids) => Shrink {
+                old_items: existing_ids.len(),
+                lost: existing_ids
+                    .into_iter()
+                    .filter(|id| !kept.contains(id))
+                    .collect(),
+                unreadable,
+                images: candidates.len() + unnamed,
+            }
+            .check(job.out, &job.catalogue.display().to_string()),
+            None => Ok(()),
+        }
+    };
+
+    if let Some(shard) = shard {
+        let embedded: Vec<Embedded> = results.into_iter().flatten().collect();
+        if embedded.is_empty() && !candidates.is_empty() {
+            bail!(
+                "none of the {} images of shard {shard} could be embedded: {} left unchanged",
+                candidates.len(),
+                job.out.display()
+            );
+        }
+        shrink(&embedded.iter().map(|done| done.item.id.clone()).collect())?;
+        let mut part = Part {
+            fingerprint: embedder.fingerprint(),
+            dim: embedder.dim(),
+            shard,
+            columns,
+            items: Vec::with_capacity(embedded.len()),
+            vectors: Vec::with_capacity(embedded.len() * embedder.dim()),
+            skipped: report
+                .skipped
+                .iter()
+                .map(|(path, reason)| Skipped {
+                    file: path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into(),
+                    ),
+                    reason: reason.clone(),
+                })
+                .collect(),
+        };
+        for done in embedded {
+            part.items.push(done.item);
+            part.vectors.extend_from_slice(&done.vector);
+        }
+        report.items = part.items.len();
+        report.embedded = report.items - report.reused.min(report.items);
+        remove_interrupted_writes(job.out);
+        part.write(job.out)?;
+        report.elapsed = start.elapsed();
+        return Ok(report);
+    }
 
     let mut builder = TableBuilder::new(embedder.fingerprint(), embedder.dim(), columns);
     let mut seen = HashSet::new();
@@ -195,18 +290,7 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
             job.out.display()
         );
     }
-    if let Some(existing_ids) = existing_ids.filter(|_| !job.allow_shrink) {
-        Shrink {
-            old_items: existing_ids.len(),
-            lost: existing_ids
-                .into_iter()
-                .filter(|id| !seen.contains(id))
-                .collect(),
-            unreadable,
-            images: candidates.len() + unnamed,
-        }
-        .check(job)?;
-    }
+    shrink(&seen)?;
     report.items = builder.len();
     report.embedded = report.items - report.reused.min(report.items);
     remove_interrupted_writes(job.out);
@@ -244,6 +328,37 @@ fn remove_interrupted_writes(out: &Path) {
     }
 }
 
+/// The images among `files` (names in the catalogue folder `dir`, or paths through it as
+/// given), once each, in the folder listing's order. A missing file is skipped when it is read.
+fn listed_files(dir: &Path, files: &[String], report: &mut IndexReport) -> Vec<Candidate> {
+    let prefix = format!("{}/", dir.display());
+    let mut names = HashSet::new();
+    let mut candidates = Vec::new();
+    for entry in files.iter().map(|f| f.trim()).filter(|f| !f.is_empty()) {
+        let name = entry.strip_prefix(&prefix).unwrap_or(entry);
+        if name.contains('/') || name == ".." || name == "." {
+            tracing::warn!("skipping {entry}: not a file of {}", dir.display());
+            report.skipped.push((
+                PathBuf::from(entry),
+                format!("not a file of {}", dir.display()),
+            ));
+            continue;
+        }
+        if !preprocess::is_image_name(Path::new(name)) {
+            report.ignored += 1;
+            continue;
+        }
+        if names.insert(name.to_string()) {
+            candidates.push(Candidate {
+                path: dir.join(name),
+                file_name: name.to_string(),
+            });
+        }
+    }
+    candidates.sort_by(|a, b| preprocess::natural_order(&a.file_name, &b.file_name));
+    candidates
+}
+
 fn list_images(dir: &Path, report: &mut IndexReport) -> Result<Vec<Candidate>> {
     let listing = preprocess::list_images(dir, "catalogue folder")?;
     report.ignored += listing.ignored;
@@ -275,22 +390,22 @@ fn identity(
 }
 
 /// What replacing a table would lose.
-struct Shrink {
+pub(crate) struct Shrink {
     /// Items of the old table.
-    old_items: usize,
+    pub old_items: usize,
     /// Ids of the old table's items that the new one lacks, in the old table's order.
-    lost: Vec<String>,
+    pub lost: Vec<String>,
     /// Files of the folder that could not be read or decoded.
-    unreadable: usize,
+    pub unreadable: usize,
     /// Image files in the folder.
-    images: usize,
+    pub images: usize,
 }
 
 impl Shrink {
-    /// Refuses the replacement of the table at `job.out` if it loses more than
+    /// Refuses the replacement of the table (or part) at `out` if it loses more than
     /// [`MAX_LOST_PERCENT`] of its items or more than [`MAX_UNREADABLE_PERCENT`] of the images
-    /// could not be read; the error says what would have been lost.
-    fn check(&self, job: &IndexJob) -> Result<()> {
+    /// (from `images_from`) could not be read; the error says what would have been lost.
+    pub(crate) fn check(&self, out: &Path, images_from: &str) -> Result<()> {
         let too_many_lost = self.lost.len() * 100 > MAX_LOST_PERCENT * self.old_items;
         let too_many_unreadable = self.unreadable * 100 > MAX_UNREADABLE_PERCENT * self.images;
         if !too_many_lost && !too_many_unreadable {
@@ -306,13 +421,12 @@ impl Shrink {
             ),
         };
         bail!(
-            "{} left unchanged: replacing it would drop {} of its {} items{examples}, and {} of the {} images in {} could not be read; give --allow-shrink to replace it anyway",
-            job.out.display(),
+            "{} left unchanged: replacing it would drop {} of its {} items{examples}, and {} of the {} images in {images_from} could not be read; give --allow-shrink to replace it anyway",
+            out.display(),
             self.lost.len(),
             self.old_items,
             self.unreadable,
             self.images,
-            job.catalogue.display()
         )
     }
 }
@@ -327,13 +441,52 @@ fn existing_table(job: &IndexJob) -> Option<Table> {
         .ok()
 }
 
-/// Vectors of `table` (the one already at `job.out`), keyed by (source, digest), if it was made
-/// by this model and stores them at least as precisely as asked for now.
-fn previous_vectors(
+/// Vectors embedded before, keyed by (source file, its digest).
+type PreviousVectors = HashMap<(String, String), Vec<f32>>;
+
+/// The vectors of the part already at `job.out`, keyed by (source, digest), if it is readable and
+/// was made by this model, and the ids of its items if it is the same shard (of a build with
+/// another number of shards it holds other images).
+fn previous_part(
     embedder: &Embedder,
     job: &IndexJob,
-    table: &Table,
-) -> HashMap<(String, String), Vec<f32>> {
+    shard: Shard,
+) -> (PreviousVectors, Option<Vec<String>>) {
+    if !job.out.exists() {
+        return (HashMap::new(), None);
+    }
+    let part = match Part::read(job.out) {
+        Ok(part) => part,
+        Err(err) => {
+            tracing::warn!("{err:#}; re-embedding every image");
+            return (HashMap::new(), None);
+        }
+    };
+    let ids =
+        (part.shard == shard).then(|| part.items.iter().map(|item| item.id.clone()).collect());
+    if part.fingerprint != embedder.fingerprint() {
+        tracing::info!(
+            "{} was made by another model ({}); re-embedding every image",
+            job.out.display(),
+            part.fingerprint.short()
+        );
+        return (HashMap::new(), ids);
+    }
+    let vectors = part
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let key = (item.source.clone(), item.digest.clone());
+            (key, part.vector(i).to_vec())
+        })
+        .collect();
+    (vectors, ids)
+}
+
+/// Vectors of `table` (the one already at `job.out`), keyed by (source, digest), if it was made
+/// by this model and stores them at least as precisely as asked for now.
+fn previous_vectors(embedder: &Embedder, job: &IndexJob, table: &Table) -> PreviousVectors {
     if table.fingerprint() != embedder.fingerprint() {
         tracing::info!(
             "{} was built by another model ({}); re-embedding every image",

@@ -5,7 +5,8 @@
 //! a [`prefilter`]); in a fixed
 //! camera's frame, [`foreground`] finds the item by its difference to the empty scene; with a
 //! person in view, the [`outfit`] garment parser finds each garment to look up on its own. [`indexer`]
-//! builds tables, [`evaluate`] measures their quality and [`bench`] their speed.
+//! builds tables (on a cluster, one [`shard`] per task into a [`part`] file, joined by [`merge`]),
+//! [`evaluate`] measures their quality and [`bench`] their speed.
 //!
 //! The [`kiosk`] service runs it all day on a Pi: [`device`] drivers (camera, button, OLED) behind
 //! small traits, a TOML [`config`], and a [`scanlog`] of every scan; [`check`] tries each part.
@@ -25,12 +26,15 @@ pub mod health;
 pub mod indexer;
 pub mod kiosk;
 pub mod labels;
+pub mod merge;
 pub mod model;
 pub mod outfit;
+pub mod part;
 pub mod prefilter;
 pub mod preprocess;
 pub mod query;
 pub mod recommend;
 pub mod resources;
 pub mod scanlog;
+pub mod shard;
 pub mod uplink;

@@ -19,7 +19,8 @@ use fashion_kiosk::model::{self, Embedder};
 use fashion_kiosk::outfit::{self, evaluate::Split, OutfitScanner};
 use fashion_kiosk::preprocess;
 use fashion_kiosk::query::FoundBy;
-use fashion_kiosk::{bench, check, evaluate, frames, kiosk, query, resources};
+use fashion_kiosk::shard::ShardSpec;
+use fashion_kiosk::{bench, check, evaluate, frames, kiosk, merge, query, resources};
 
 /// Fashion recommendations from a camera frame: an int8 ResNet50 in tract and an on-device
 /// embedding table of the store's catalogue.
@@ -37,6 +38,8 @@ struct Cli {
 enum Command {
     /// Embed every image of a catalogue folder into a table (only new or changed images are embedded).
     Index(IndexArgs),
+    /// Join the part files of a sharded build (`index --shard`) into one table.
+    Merge(MergeArgs),
     /// Recommend the catalogue items nearest to an image.
     Query(QueryArgs),
     /// Leave-one-out precision@k of a table per label column.
@@ -134,9 +137,20 @@ struct IndexArgs {
     /// CSV with an `id` column (and optionally `filename`); other columns become metadata.
     #[arg(long, value_name = "CSV")]
     labels: Option<PathBuf>,
-    /// Table file to write (replaced atomically; its unchanged vectors are reused).
+    /// Table file to write (replaced atomically; its unchanged vectors are reused), or a part
+    /// file for `merge` if its name ends in `.parquet`.
     #[arg(long, value_name = "TABLE")]
     out: PathBuf,
+    /// Embed only shard I of N (0-based; a file's shard is fixed by its name) into the part file
+    /// --out NAME.parquet. `auto`: I and N from a Slurm job array (SLURM_ARRAY_TASK_ID,
+    /// SLURM_ARRAY_TASK_COUNT); `auto/N`: I from SLURM_ARRAY_TASK_ID or a Kubernetes Indexed
+    /// Job's JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<ShardSpec>,
+    /// Only the files this list names (a name per line, relative to --catalogue; `-`: stdin),
+    /// not every image of the folder.
+    #[arg(long, value_name = "FILE")]
+    files_from: Option<PathBuf>,
     /// How vectors are stored.
     #[arg(long, value_enum, default_value_t = Element::I8)]
     element: Element,
@@ -151,6 +165,23 @@ struct IndexArgs {
     twin: bool,
     #[command(flatten)]
     model: ModelArg,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// Part files written by `index --shard I/N --out PART.parquet`, one per shard.
+    #[arg(required = true, value_name = "PART")]
+    parts: Vec<PathBuf>,
+    /// Table file to write (replaced atomically).
+    #[arg(long, value_name = "TABLE")]
+    out: PathBuf,
+    /// How vectors are stored.
+    #[arg(long, value_enum, default_value_t = Element::I8)]
+    element: Element,
+    /// Replace the table at --out even if more than 10% of its items would go or more than 1% of
+    /// the images could not be embedded.
+    #[arg(long)]
+    allow_shrink: bool,
 }
 
 #[derive(Args)]
@@ -503,6 +534,7 @@ fn init_logging() {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Index(args) => cmd_index(args),
+        Command::Merge(args) => cmd_merge(args),
         Command::Query(args) => cmd_query(args),
         Command::Eval(args) => cmd_eval(args),
         Command::Bench(args) => cmd_bench(args),
@@ -530,6 +562,14 @@ fn cmd_index(args: IndexArgs) -> Result<()> {
         Embedder::load(&given)?
     };
     let labels = args.labels.as_deref().map(Labels::load).transpose()?;
+    let shard = args
+        .shard
+        .map(|spec| spec.resolve(|name| std::env::var(name).ok()))
+        .transpose()?;
+    if let Some(shard) = shard {
+        tracing::info!("shard {shard}");
+    }
+    let files = args.files_from.as_deref().map(read_file_list).transpose()?;
     index(
         &embedder,
         &IndexJob {
@@ -539,8 +579,35 @@ fn cmd_index(args: IndexArgs) -> Result<()> {
             element: args.element,
             allow_shrink: args.allow_shrink,
             show_progress: std::io::stderr().is_terminal(),
+            shard,
+            files: files.as_deref(),
         },
     )
+}
+
+/// The lines of a file list (`-`: stdin).
+fn read_file_list(path: &Path) -> Result<Vec<String>> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read the file list from stdin")?
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the file list {}", path.display()))?
+    };
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+fn cmd_merge(args: MergeArgs) -> Result<()> {
+    let report = merge::merge(&merge::MergeJob {
+        parts: &args.parts,
+        out: &args.out,
+        element: args.element,
+        allow_shrink: args.allow_shrink,
+    })?;
+    for skipped in &report.skipped {
+        tracing::warn!("skipped by its shard: {}: {}", skipped.file, skipped.reason);
+    }
+    tracing::info!("wrote {}: {report}", args.out.display());
+    Ok(())
 }
 
 /// Runs an index job and logs what it wrote.
@@ -1085,6 +1152,8 @@ fn cmd_demo(args: DemoArgs) -> Result<()> {
             element: Element::I8,
             allow_shrink: false,
             show_progress: std::io::stderr().is_terminal(),
+            shard: None,
+            files: None,
         },
     )?;
     drop(embedder);

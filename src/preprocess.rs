@@ -70,13 +70,15 @@ pub fn list_images(dir: &Path, what: &str) -> Result<ImageFiles> {
             listing.ignored += 1;
         }
     }
-    listing
-        .images
-        .sort_by(|a, b| natural_key(&a.1).cmp(&natural_key(&b.1)));
+    listing.images.sort_by(|a, b| natural_order(&a.1, &b.1));
     Ok(listing)
 }
 
-/// Orders `9.jpg` before `10.jpg`.
+/// The order of image file names in listings and tables: `9.jpg` before `10.jpg`.
+pub fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    natural_key(a).cmp(&natural_key(b))
+}
+
 fn natural_key(name: &str) -> (u64, &str) {
     let stem = Path::new(name)
         .file_stem()
