@@ -549,6 +549,13 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn cmd_index(args: IndexArgs) -> Result<()> {
+    // What is asked is checked before the model loads (seconds), so a bad shard fails at once.
+    let shard = args
+        .shard
+        .map(|spec| spec.resolve(|name| std::env::var(name).ok()))
+        .transpose()?;
+    let files = args.files_from.as_deref().map(read_file_list).transpose()?;
+    let labels = args.labels.as_deref().map(Labels::load).transpose()?;
     let given = args.model.path()?;
     let embedder = if args.twin {
         let pick = form::pick(&given, form::has_int8_dot_product())?;
@@ -561,15 +568,9 @@ fn cmd_index(args: IndexArgs) -> Result<()> {
     } else {
         Embedder::load(&given)?
     };
-    let labels = args.labels.as_deref().map(Labels::load).transpose()?;
-    let shard = args
-        .shard
-        .map(|spec| spec.resolve(|name| std::env::var(name).ok()))
-        .transpose()?;
     if let Some(shard) = shard {
         tracing::info!("shard {shard}");
     }
-    let files = args.files_from.as_deref().map(read_file_list).transpose()?;
     index(
         &embedder,
         &IndexJob {

@@ -134,6 +134,27 @@ fn shards_merged_equal_one_index_of_the_folder() {
         .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains(".parquet"), "{}", stderr(&out));
+
+    // Outside an engine `auto` says what to give, before any model is read.
+    let out = fashion_kiosk(&[
+        "index",
+        "--catalogue",
+        catalogue.to_str().unwrap(),
+        "--model",
+        "no-such-model.manifest.json",
+        "--shard",
+        "auto",
+        "--out",
+        &parts[0],
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: --shard auto: neither SLURM_ARRAY_TASK_ID"),
+        "{err}"
+    );
 }
 
 #[test]
