@@ -125,12 +125,16 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
     for (item, vector) in &rows {
         builder.push((*item).clone(), vector)?;
     }
-    builder.write(job.out, job.element)?;
-    Ok(MergeReport {
+    let report = MergeReport {
         parts: parts.len(),
         items: rows.len(),
         skipped,
-    })
+    };
+    // The parts' vectors are in the builder now: freed before encoding doubles them again.
+    drop(rows);
+    drop(parts);
+    builder.write(job.out, job.element)?;
+    Ok(report)
 }
 
 /// Every shard of the build once.
