@@ -209,7 +209,7 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
     let unreadable = report.skipped.len();
     report.reused = reused.into_inner();
     let shrink = |kept: &HashSet<String>| -> Result<()> {
-        match existing_ids.clone().filter(|_| !job.allow_shrink) {
+        match existing_ids.filter(|_| !job.allow_shrink) {
             Some(existing_ids) => Shrink {
                 old_items: existing_ids.len(),
                 lost: existing_ids

@@ -143,16 +143,18 @@ impl Part {
             .set_key_value_metadata(Some(metadata))
             .build();
         let mut writer = SerializedFileWriter::new(Vec::new(), schema, Arc::new(properties))?;
-        let rows: Vec<usize> = (0..self.items.len()).collect();
-        for group in rows.chunks(ROWS_PER_GROUP) {
+        let groups = self
+            .items
+            .chunks(ROWS_PER_GROUP)
+            .zip(self.vectors.chunks(ROWS_PER_GROUP * self.dim));
+        for (items, values) in groups {
             let mut row_group = writer.next_row_group()?;
             let mut column = 0;
             while let Some(mut writer) = row_group.next_column()? {
                 if column < ITEM_COLUMNS.len() + self.columns.len() {
-                    let values: Vec<ByteArray> = group
+                    let texts: Vec<ByteArray> = items
                         .iter()
-                        .map(|&row| {
-                            let item = &self.items[row];
+                        .map(|item| {
                             let text = match column {
                                 0 => &item.id,
                                 1 => &item.source,
@@ -164,10 +166,8 @@ impl Part {
                         .collect();
                     writer
                         .typed::<ByteArrayType>()
-                        .write_batch(&values, None, None)?;
+                        .write_batch(&texts, None, None)?;
                 } else {
-                    let first = group[0] * self.dim;
-                    let values = &self.vectors[first..first + group.len() * self.dim];
                     let definitions = vec![1i16; values.len()];
                     let repetitions: Vec<i16> = (0..values.len())
                         .map(|i| i16::from(i % self.dim != 0))
