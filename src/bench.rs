@@ -30,6 +30,10 @@ pub struct BenchJob {
     pub scan: Option<(PathBuf, PathBuf)>,
     /// Also time searches in a synthetic table of this many items made from `table`'s.
     pub search_items: Option<usize>,
+    /// Where to keep the synthetic table (default: a temporary file, removed after).
+    pub synthetic_out: Option<PathBuf>,
+    /// Seed of the synthetic table's jitter and of the search queries.
+    pub seed: u64,
     /// Time the searches only: no model is loaded.
     pub search_only: bool,
 }
@@ -96,7 +100,11 @@ pub fn run(job: &BenchJob) -> Result<()> {
         "timing searches needs --table"
     );
     // Read the scan inputs first: a bad file fails at once, not after the model timings.
+    let resident_before = resident_kib();
     let table = job.table.as_deref().map(Table::load).transpose()?;
+    let table_resident = resident_kib()
+        .zip(resident_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let scan = match &job.scan {
         Some((frame, reference)) => Some((
             decode_file(frame)?,
@@ -115,9 +123,9 @@ pub fn run(job: &BenchJob) -> Result<()> {
         embedding(job, table.as_ref(), scan.as_ref())?;
     }
     if let Some(table) = &table {
-        search(table, job.runs)?;
+        search(table, job.runs, job.seed, table_resident)?;
         if let Some(items) = job.search_items {
-            search_at_scale(table, items, job.runs)?;
+            search_at_scale(table, items, job)?;
         }
     }
     if let Some(peak) = peak_rss_kib() {
@@ -216,88 +224,142 @@ fn embedding(
 
 /// Queries like a camera's: items' vectors with noise of norm 0.75 (a nearest item at cosine
 /// ~0.8, as scans find them), seeded.
-fn camera_like_queries(table: &Table, count: usize) -> Vec<Vec<f32>> {
-    let mut noise = Noise(0x5ea2_c4e5);
+fn camera_like_queries(table: &Table, count: usize, seed: u64) -> Result<Vec<Vec<f32>>> {
+    let mut noise = Noise::seeded(0x5ea2_c4e5, seed);
     (0..count)
         .map(|q| {
-            let mut query = table.vector((q * 7919) % table.len());
+            let mut query = table.vector((q * 7919) % table.len())?;
             noise.jitter(&mut query, 0.75);
-            query
+            Ok(query)
         })
         .collect()
 }
 
-/// Times exact top-5 searches in `table`: through its prefilter (where it has one) and by scoring
-/// every item, interleaved, checking that both give the same hits.
-fn search(table: &Table, runs: usize) -> Result<()> {
-    let queries = camera_like_queries(table, runs);
-    let (mut first_stage, mut scan, mut scored) = (Vec::new(), Vec::new(), 0);
+/// Times top-5 searches in `table`. Exact ones through its prefilter (where it has one) and by
+/// scoring every item, interleaved, checking that both give the same hits; in a table with cells,
+/// approximate ones and exact ones, with the share of the exact top 5 the approximate search finds.
+/// `resident` is what loading the table added to this process's resident memory, in KiB.
+fn search(table: &Table, runs: usize, seed: u64, resident: Option<u64>) -> Result<()> {
+    let queries = camera_like_queries(table, runs, seed)?;
+    let what = format!("{} items, {}", table.len(), table.element().name());
+    let (mut first, mut second, mut scored, mut found) = (Vec::new(), Vec::new(), 0, 0);
     for query in &queries {
         let (d, (hits, counts)) = time(|| table.nearest_counted(query, 5, |_| true))?;
-        first_stage.push(d);
+        first.push(d);
         scored += counts.map_or(table.len(), |c| c.scored);
-        let (d, all) = time(|| table.nearest_by_scan(query, 5, |_| true))?;
-        scan.push(d);
-        ensure!(
-            hits == all,
-            "the prefilter's hits differ from a full scan's"
+        if table.cell_count().is_some() {
+            let (d, (exact, _)) = time(|| table.nearest_exact(query, 5, |_| true))?;
+            second.push(d);
+            found += hits
+                .iter()
+                .filter(|h| exact.iter().any(|e| e.index == h.index))
+                .count();
+        } else {
+            let (d, all) = time(|| table.nearest_by_scan(query, 5, |_| true))?;
+            second.push(d);
+            ensure!(
+                hits == all,
+                "the prefilter's hits differ from a full scan's"
+            );
+        }
+    }
+    let (first, second) = (Stats::of(first), Stats::of(second));
+    let ratio = second.median.as_secs_f64() / first.median.as_secs_f64();
+    if let Some(cells) = table.cell_count() {
+        println!(
+            "{:<44} {first}  ({:.0} items scored exactly per search, {cells} cells)",
+            format!("search top-5 of {what}, approximate"),
+            scored as f64 / queries.len() as f64
+        );
+        println!(
+            "{:<44} {second}  ×{ratio:.1} the time",
+            format!("search top-5 of {what}, exact")
+        );
+        println!(
+            "{:<44} {:.3} (seed {seed})",
+            "recall@5 of the approximate search",
+            found as f64 / (5 * queries.len()) as f64
+        );
+    } else {
+        println!(
+            "{:<44} {first}  ({:.0} items scored exactly per search)",
+            format!("search top-5 of {what}"),
+            scored as f64 / queries.len() as f64
+        );
+        println!(
+            "{:<44} {second}  ×{ratio:.1} the time",
+            format!("search top-5 of {what}, every item scored")
         );
     }
-    let (first_stage, scan) = (Stats::of(first_stage), Stats::of(scan));
-    let what = format!("{} items, {}", table.len(), table.element().name());
-    println!(
-        "{:<44} {first_stage}  ({:.0} items scored exactly per search)",
-        format!("search top-5 of {what}"),
-        scored as f64 / queries.len() as f64
-    );
-    println!(
-        "{:<44} {scan}  ×{:.1} the time",
-        format!("search top-5 of {what}, every item scored"),
-        scan.median.as_secs_f64() / first_stage.median.as_secs_f64()
-    );
     println!(
         "{:<44} {:.0} bytes",
         "vector memory per item",
         table.bytes_per_item()
     );
+    if let Some(resident) = resident {
+        println!(
+            "{:<44} {:.1} MiB ({:.0} bytes per item)",
+            "resident memory the loaded table added",
+            resident as f64 / 1024.0,
+            resident as f64 * 1024.0 / table.len() as f64
+        );
+    }
     Ok(())
 }
 
-/// Builds a table of `items` jittered copies of `table`'s vectors (noise of norm 0.5, seeded),
-/// prints how long that took, and times searches in it.
-fn search_at_scale(table: &Table, items: usize, runs: usize) -> Result<()> {
-    let mut builder =
-        crate::catalogue::TableBuilder::new(table.fingerprint(), table.dim(), Vec::new());
-    let mut noise = Noise(0x51a7_e7c0);
+/// Builds a table of `items` items: `table`'s, then jittered copies of them (noise of norm 0.5,
+/// seeded) with their labels; prints how long that took, and times searches in it.
+fn search_at_scale(table: &Table, items: usize, job: &BenchJob) -> Result<()> {
+    let mut builder = crate::catalogue::TableBuilder::new(
+        table.fingerprint(),
+        table.dim(),
+        table.columns().to_vec(),
+    );
+    let mut noise = Noise::seeded(0x51a7_e7c0, job.seed);
     for i in 0..items {
-        let mut vector = table.vector(i % table.len());
+        let original = table.item(i % table.len());
+        let mut vector = table.vector(i % table.len())?;
+        let mut item = original.to_item();
         if i >= table.len() {
             noise.jitter(&mut vector, 0.5);
+            item.id = format!("{}-{}", original.id, i / table.len());
         }
-        let item = crate::catalogue::Item {
-            id: format!("synthetic-{i}"),
-            source: String::new(),
-            digest: String::new(),
-            metadata: Vec::new(),
-        };
         builder.push(item, &vector)?;
     }
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("synthetic.fkt");
+    let path = job
+        .synthetic_out
+        .clone()
+        .unwrap_or_else(|| dir.path().join("synthetic.fkt"));
     let (built, ()) = time(|| builder.write(&path, table.element()))?;
     drop(builder);
     println!(
-        "{:<44} {:.1} s",
+        "{:<44} {:.1} s ({})",
         format!("build a table of {items} synthetic items"),
-        built.as_secs_f64()
+        built.as_secs_f64(),
+        path.display()
     );
-    search(&Table::load(&path)?, runs)
+    if job.synthetic_out.is_some() {
+        println!(
+            "(its resident memory: `bench --search-only --table {}` in a fresh process; here, \
+             memory freed by the build hides it)",
+            path.display()
+        );
+    }
+    search(&Table::load(&path)?, job.runs, job.seed, None)
 }
 
 /// A seeded source of noise (xorshift): the bench's synthetic items and queries repeat run to run.
 struct Noise(u64);
 
 impl Noise {
+    /// A stream for one use (`stream`) and one `--seed`.
+    fn seeded(stream: u64, seed: u64) -> Self {
+        // Mixed so that neighbouring seeds give unrelated streams; never 0, xorshift's fixed point.
+        let mixed = (stream ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(17);
+        Self(mixed.max(1))
+    }
+
     fn uniform(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
@@ -438,8 +500,17 @@ fn profile(embedder: &Embedder, image: &image::RgbImage, runs: usize) -> Result<
 
 /// Peak resident set size of this process (Linux), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// Resident set size of this process now (Linux), in KiB.
+fn resident_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

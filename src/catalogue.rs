@@ -1,18 +1,21 @@
 //! The catalogue embedding table: a versioned binary file of item ids, metadata and L2-normalised
-//! vectors, written atomically, read whole into memory and validated on load, searched exactly for
-//! the top k (an i8 table through its [`prefilter`](crate::prefilter) first stage, with the same
-//! results as scoring every row).
+//! vectors, written atomically, read into memory and validated on load, searched exactly for the
+//! top k (an i8 table through its [`prefilter`](crate::prefilter) first stage, with the same
+//! results as scoring every row) or, in a large table built with [`cells`](crate::cells),
+//! approximately.
 //!
 //! A loaded table owns its bytes: overwriting or truncating the file afterwards (an installer's `cp`
 //! onto the live path) cannot change or break the table in memory. The vectors are read in place
-//! from that buffer, with no copy per search.
+//! from that buffer, with no copy per search. The exception is a table with cells: its full rows
+//! stay on disk and are read as searches need them, each checked against its checksum, so a file
+//! changed under it gives an error naming it, never a wrong answer.
 //!
 //! # File format, version 1 (all integers little-endian)
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 8 | magic `FKTABLE\0` |
-//! | 8 | 4 | format version (2; version 1 is read too) |
+//! | 8 | 4 | format version (3; versions 1 and 2 are read too) |
 //! | 12 | 4 | element type: 1 = f16, 2 = i8 with one f32 scale per vector, 3 = f32 |
 //! | 16 | 4 | dim |
 //! | 20 | 4 | count |
@@ -21,9 +24,10 @@
 //! | 64 | 8 | records length |
 //! | 72 | 8 | vectors offset (a multiple of 64) |
 //! | 80 | 8 | vectors length |
-//! | 88 | 4 | CRC-32 of every byte from the records offset to the end of the file |
+//! | 88 | 4 | CRC-32 of every byte from the records offset to the end of the file (version 3, i8: to the rows) |
 //! | 92 | 4 | CRC-32 of bytes 0..92 |
-//! | 96 | 32 | reserved, zero |
+//! | 96 | 4 | cells (version 3, i8; 0: none) |
+//! | 100 | 28 | reserved, zero |
 //!
 //! Records (UTF-8 JSON): `{"columns":[names],"items":[{"id","source","digest","metadata":[values]}]}`
 //! where `source` is the image file the vector came from and `digest` the SHA-256 of its bytes
@@ -34,10 +38,17 @@
 //! version 2, an i8 section goes on with the first stage of its search, each part starting at a
 //! multiple of 64 bytes: `d × dim` f32 directions (`d` = dim / 8, 1 to 256), `count × 4` f32 row
 //! terms (code scale, code error, remainder norm, decoded norm), `count × d` i8 codes.
+//!
+//! Version 3 moves an i8 section's rows to its end, after the first stage, and adds before them
+//! (each part at a multiple of 64 bytes) `count` u32 CRC-32s, one per row, then with `c` cells
+//! `c × d` f32 centroids, `c + 1` u32 offsets, `count` u32 members, `count` f32 code scales and
+//! `count × s` i8 leading codes (`s` = min(d, 64)), the last two in member order (see [`Cells`]).
+//! The data checksum covers everything before the rows; each row is covered by its own checksum.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -45,12 +56,14 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
+use crate::cells::{self, Cells};
+use crate::items::{ItemRef, Items};
 use crate::model::Fingerprint;
 use crate::prefilter::{self, Prefilter, SearchCounts};
 
 const MAGIC: &[u8; 8] = b"FKTABLE\0";
 /// The table format version this build writes (it reads this one and version 1).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 128;
 const ALIGN: usize = 64;
 // Vectors are read in place as native f16 / f32 values.
@@ -110,10 +123,17 @@ pub struct Item {
     pub metadata: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Records {
+#[derive(Serialize)]
+struct Records<'a> {
+    columns: &'a [String],
+    items: &'a [Item],
+}
+
+/// [`Records`] as a table is loaded: the items packed as they are read.
+#[derive(Deserialize)]
+struct LoadedRecords {
     columns: Vec<String>,
-    items: Vec<Item>,
+    items: Items,
 }
 
 /// A table being built in memory: items plus their (already L2-normalised) vectors.
@@ -123,6 +143,7 @@ pub struct TableBuilder {
     pub columns: Vec<String>,
     items: Vec<Item>,
     vectors: Vec<f32>,
+    approximate_from: usize,
 }
 
 impl TableBuilder {
@@ -133,7 +154,14 @@ impl TableBuilder {
             columns,
             items: Vec::new(),
             vectors: Vec::new(),
+            approximate_from: cells::DEFAULT_FROM,
         }
+    }
+
+    /// An i8 table of at least `items` items gets cells and is searched approximately (default
+    /// [`cells::DEFAULT_FROM`]); smaller ones are searched exactly.
+    pub fn approximate_from(&mut self, items: usize) {
+        self.approximate_from = items;
     }
 
     pub fn push(&mut self, item: Item, vector: &[f32]) -> Result<()> {
@@ -182,10 +210,15 @@ impl TableBuilder {
     fn encode(&self, element: Element) -> Result<Vec<u8>> {
         let count = self.items.len();
         let records = serde_json::to_vec(&Records {
-            columns: self.columns.clone(),
-            items: self.items.clone(),
+            columns: &self.columns,
+            items: &self.items,
         })?;
-        let vectors = encode_vectors(&self.vectors, self.dim, element);
+        let cells = if element == Element::I8 && count >= self.approximate_from.max(1) {
+            cells::cells_for(count)
+        } else {
+            0
+        };
+        let (vectors, checked) = encode_vectors(&self.vectors, self.dim, element, cells);
         let records_offset = HEADER_LEN;
         let vectors_offset = align(records_offset + records.len());
         let mut out = vec![0u8; vectors_offset];
@@ -203,7 +236,8 @@ impl TableBuilder {
         put_u64(header, 64, records.len() as u64);
         put_u64(header, 72, vectors_offset as u64);
         put_u64(header, 80, vectors.len() as u64);
-        let body_crc = crc32fast::hash(&out[records_offset..]);
+        put_u32(header, 96, u32::try_from(cells)?);
+        let body_crc = crc32fast::hash(&out[records_offset..vectors_offset + checked]);
         put_u32(&mut out, 88, body_crc);
         let header_crc = crc32fast::hash(&out[..92]);
         put_u32(&mut out, 92, header_crc);
@@ -211,83 +245,193 @@ impl TableBuilder {
     }
 }
 
-fn encode_vectors(vectors: &[f32], dim: usize, element: Element) -> Vec<u8> {
-    match element {
+/// The vector section of `vectors` in `element` form, and how many of its bytes the data checksum
+/// covers (all but an i8 section's rows). An i8 section gets `cells` cells if that is not 0.
+fn encode_vectors(vectors: &[f32], dim: usize, element: Element, cells: usize) -> (Vec<u8>, usize) {
+    let bytes: Vec<u8> = match element {
         Element::F32 => vectors.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Element::F16 => vectors
             .iter()
             .flat_map(|v| f16::from_f32(*v).to_le_bytes())
             .collect(),
-        Element::I8 => {
-            let count = vectors.len() / dim.max(1);
-            let mut scales = Vec::with_capacity(align(count * 4));
-            let mut codes = Vec::with_capacity(vectors.len());
-            for row in vectors.chunks_exact(dim) {
-                let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-                scales.extend_from_slice(&scale.to_le_bytes());
-                codes.extend(
-                    row.iter()
-                        .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8 as u8),
-                );
-            }
-            scales.resize(align(count * 4), 0);
-            let decoded: Vec<f32> = codes
-                .chunks_exact(dim)
-                .zip(scales.chunks_exact(4))
-                .flat_map(|(row, scale)| {
-                    let scale = f32::from_le_bytes(scale.try_into().expect("4 bytes"));
-                    row.iter().map(move |c| f32::from(*c as i8) * scale)
-                })
-                .collect();
-            scales.extend_from_slice(&codes);
-            let first_stage = prefilter::build(&decoded, dim);
-            scales.resize(align(scales.len()), 0);
-            scales.extend(first_stage.basis.iter().flat_map(|v| v.to_le_bytes()));
-            scales.resize(align(scales.len()), 0);
-            scales.extend(first_stage.terms.iter().flat_map(|v| v.to_le_bytes()));
-            scales.resize(align(scales.len()), 0);
-            scales.extend(first_stage.codes.iter().map(|c| *c as u8));
-            scales
-        }
-    }
+        Element::I8 => return encode_i8(vectors, dim, cells),
+    };
+    let len = bytes.len();
+    (bytes, len)
 }
 
-/// Where the prefilter's parts of an i8 vector section of `count` rows of `dim` values start
-/// (version 2; after the scales and rows), and the section's end.
+fn encode_i8(vectors: &[f32], dim: usize, cells: usize) -> (Vec<u8>, usize) {
+    let count = vectors.len() / dim.max(1);
+    let layout = I8Layout::of(count, dim, FORMAT_VERSION, cells).expect("the table fits in memory");
+    let mut scales = Vec::with_capacity(count);
+    let mut codes = Vec::with_capacity(vectors.len());
+    for row in vectors.chunks_exact(dim) {
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        scales.push(scale);
+        codes.extend(
+            row.iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+    let first_stage = prefilter::build(count, dim, |index, out| {
+        let row = &codes[index * dim..(index + 1) * dim];
+        for (o, c) in out.iter_mut().zip(row) {
+            *o = f32::from(*c) * scales[index];
+        }
+    });
+    let mut out = Vec::with_capacity(layout.end);
+    let mut put = |at: usize, bytes: &mut dyn Iterator<Item = u8>| {
+        out.resize(at, 0);
+        out.extend(bytes);
+    };
+    put(0, &mut scales.iter().flat_map(|v| v.to_le_bytes()));
+    put(
+        layout.basis,
+        &mut first_stage.basis.iter().flat_map(|v| v.to_le_bytes()),
+    );
+    put(
+        layout.terms,
+        &mut first_stage.terms.iter().flat_map(|v| v.to_le_bytes()),
+    );
+    put(
+        layout.codes,
+        &mut first_stage.codes.iter().map(|c| *c as u8),
+    );
+    put(
+        layout.row_checksums,
+        &mut codes
+            .chunks_exact(dim)
+            .flat_map(|row| crc32fast::hash(bytemuck::cast_slice(row)).to_le_bytes()),
+    );
+    if cells > 0 {
+        let started = std::time::Instant::now();
+        let built = cells::build(&first_stage.view(), cells);
+        tracing::info!(
+            "approximate search: {count} items in {} cells, built in {:.1} s",
+            built.offsets.len() - 1,
+            started.elapsed().as_secs_f64()
+        );
+        put(
+            layout.centroids,
+            &mut built.centroids.iter().flat_map(|v| v.to_le_bytes()),
+        );
+        put(
+            layout.offsets,
+            &mut built.offsets.iter().flat_map(|v| v.to_le_bytes()),
+        );
+        put(
+            layout.members,
+            &mut built.members.iter().flat_map(|v| v.to_le_bytes()),
+        );
+        put(
+            layout.short_scales,
+            &mut built.short_scales.iter().flat_map(|v| v.to_le_bytes()),
+        );
+        put(
+            layout.short_codes,
+            &mut built.short_codes.iter().map(|c| *c as u8),
+        );
+    }
+    drop(first_stage);
+    put(layout.rows, &mut codes.iter().map(|c| *c as u8));
+    debug_assert_eq!(out.len(), layout.end);
+    (out, layout.rows)
+}
+
+/// Where the parts of an i8 vector section of `count` rows of `dim` values start, and its end.
+/// Version 1 holds the scales and rows; version 2 adds the prefilter after the rows; version 3
+/// puts the rows last, after the prefilter, the row checksums and the cells.
 struct I8Layout {
+    rows: usize,
     basis: usize,
     terms: usize,
     codes: usize,
+    /// Versions 1 and 2 have no row checksums or cells: these all equal the prefilter's end.
+    row_checksums: usize,
+    centroids: usize,
+    offsets: usize,
+    members: usize,
+    short_scales: usize,
+    short_codes: usize,
     end: usize,
+    cells: usize,
 }
 
 impl I8Layout {
-    fn of(count: usize, dim: usize, version: u32) -> Option<Self> {
-        let rows = count.checked_mul(4)?.checked_next_multiple_of(ALIGN)?;
-        let rows_end = rows.checked_add(count.checked_mul(dim)?)?;
-        if version < 2 {
+    fn of(count: usize, dim: usize, version: u32, cells: usize) -> Option<Self> {
+        let scales_end = count.checked_mul(4)?.checked_next_multiple_of(ALIGN)?;
+        let row_bytes = count.checked_mul(dim)?;
+        let dims = prefilter::dims_for(dim);
+        let first_stage = |basis: usize| -> Option<(usize, usize, usize)> {
+            let terms = basis
+                .checked_add(dims.checked_mul(dim)?.checked_mul(4)?)?
+                .checked_next_multiple_of(ALIGN)?;
+            let codes = terms
+                .checked_add(count.checked_mul(prefilter::ROW_TERMS * 4)?)?
+                .checked_next_multiple_of(ALIGN)?;
+            Some((terms, codes, codes.checked_add(count.checked_mul(dims)?)?))
+        };
+        if version < 3 {
+            let rows_end = scales_end.checked_add(row_bytes)?;
+            let (basis, terms, codes, end) = if version < 2 {
+                (rows_end, rows_end, rows_end, rows_end)
+            } else {
+                let basis = rows_end.checked_next_multiple_of(ALIGN)?;
+                let (terms, codes, end) = first_stage(basis)?;
+                (basis, terms, codes, end)
+            };
             return Some(Self {
-                basis: rows_end,
-                terms: rows_end,
-                codes: rows_end,
-                end: rows_end,
+                rows: scales_end,
+                basis,
+                terms,
+                codes,
+                row_checksums: end,
+                centroids: end,
+                offsets: end,
+                members: end,
+                short_scales: end,
+                short_codes: end,
+                end,
+                cells: 0,
             });
         }
-        let dims = prefilter::dims_for(dim);
-        let basis = rows_end.checked_next_multiple_of(ALIGN)?;
-        let terms = basis
-            .checked_add(dims.checked_mul(dim)?.checked_mul(4)?)?
-            .checked_next_multiple_of(ALIGN)?;
-        let codes = terms
-            .checked_add(count.checked_mul(prefilter::ROW_TERMS * 4)?)?
-            .checked_next_multiple_of(ALIGN)?;
-        let end = codes.checked_add(count.checked_mul(dims)?)?;
+        let basis = scales_end;
+        let (terms, codes, codes_end) = first_stage(basis)?;
+        let after =
+            |start: usize, len: usize| start.checked_add(len)?.checked_next_multiple_of(ALIGN);
+        let row_checksums = codes_end.checked_next_multiple_of(ALIGN)?;
+        let centroids = after(row_checksums, count.checked_mul(4)?)?;
+        let offsets = after(centroids, cells.checked_mul(dims)?.checked_mul(4)?)?;
+        let offsets_len = if cells > 0 {
+            cells.checked_add(1)?.checked_mul(4)?
+        } else {
+            0
+        };
+        let members = after(offsets, offsets_len)?;
+        let per_item = |bytes: usize| {
+            if cells > 0 {
+                count.checked_mul(bytes)
+            } else {
+                Some(0)
+            }
+        };
+        let short_scales = after(members, per_item(4)?)?;
+        let short_codes = after(short_scales, per_item(4)?)?;
+        let rows = after(short_codes, per_item(cells::short_dims(dims))?)?;
         Some(Self {
+            rows,
             basis,
             terms,
             codes,
-            end,
+            row_checksums,
+            centroids,
+            offsets,
+            members,
+            short_scales,
+            short_codes,
+            end: rows.checked_add(row_bytes)?,
+            cells,
         })
     }
 }
@@ -298,12 +442,18 @@ fn align(n: usize) -> usize {
 
 /// Bytes of the vector section of `count` vectors of `dim` values, or `None` if that does not fit
 /// in a `usize`.
-fn vector_section_len(element: Element, count: usize, dim: usize, version: u32) -> Option<usize> {
+fn vector_section_len(
+    element: Element,
+    count: usize,
+    dim: usize,
+    version: u32,
+    cells: usize,
+) -> Option<usize> {
     let values = count.checked_mul(dim)?;
     match element {
         Element::F16 => values.checked_mul(2),
         Element::F32 => values.checked_mul(4),
-        Element::I8 => Some(I8Layout::of(count, dim, version)?.end),
+        Element::I8 => Some(I8Layout::of(count, dim, version, cells)?.end),
     }
 }
 
@@ -380,28 +530,32 @@ struct AlignedBytes {
 }
 
 impl AlignedBytes {
-    /// Reads `file` to its end. Its size on disk is only the first guess of how much to allocate.
-    fn read(file: &mut File) -> Result<Self> {
+    /// Reads `file` to its end, or to `limit` bytes if it is longer. Its size on disk is only the
+    /// first guess of how much to allocate.
+    fn read(file: &mut File, limit: Option<usize>) -> Result<Self> {
         let size = usize::try_from(file.metadata()?.len())
             .context("file is too large for this machine's memory")?;
+        let limit = limit.unwrap_or(usize::MAX);
         let mut buffer = Self {
             words: Vec::new(),
             len: 0,
         };
         // One word more than the size, so that reading the end needs no second allocation.
-        buffer.grow(size / 8 + 1)?;
-        loop {
+        buffer.grow(size.min(limit) / 8 + 1)?;
+        while buffer.len < limit {
             if buffer.len == buffer.words.len() * 8 {
                 buffer.grow(buffer.words.len() * 2)?;
             }
             let free = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buffer.words)[buffer.len..];
-            match file.read(free) {
-                Ok(0) => return Ok(buffer),
+            let wanted = free.len().min(limit - buffer.len);
+            match file.read(&mut free[..wanted]) {
+                Ok(0) => break,
                 Ok(n) => buffer.len += n,
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(err) => return Err(err.into()),
             }
         }
+        Ok(buffer)
     }
 
     /// Grows the buffer to `words` zeroed words, or fails if memory runs out.
@@ -418,18 +572,25 @@ impl AlignedBytes {
     }
 }
 
-/// A loaded, validated table. It owns the file's bytes; the vectors are read in place from them.
+/// A loaded, validated table. It owns the file's bytes; the vectors are read in place from them,
+/// except the rows of a table with cells, which are read from the file as needed.
 pub struct Table {
     path: PathBuf,
     fingerprint: Fingerprint,
     element: Element,
     dim: usize,
     columns: Vec<String>,
-    items: Vec<Item>,
+    items: Items,
+    /// The vector section (a table with cells: up to its rows).
     bytes: AlignedBytes,
     vectors_offset: usize,
+    header_checksum: u32,
     /// The file's format version: an i8 table of version 2 or later has a prefilter.
     version: u32,
+    /// Where an i8 section's parts are, relative to the vectors offset.
+    layout: Option<I8Layout>,
+    /// The open file of a table whose rows stay on disk (one with cells).
+    rows_file: Option<File>,
 }
 
 /// One search result: the item's index in the table and its cosine similarity to the query.
@@ -446,30 +607,37 @@ impl Table {
     }
 
     fn load_inner(path: &Path) -> Result<Self> {
-        let bytes = AlignedBytes::read(&mut File::open(path)?)?;
-        let data = bytes.as_bytes();
+        let mut file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let head = AlignedBytes::read(&mut file, Some(HEADER_LEN))?;
+        let head = head.as_bytes();
         ensure!(
-            data.len() >= HEADER_LEN,
+            head.len() >= HEADER_LEN,
             "file is {} bytes, shorter than the {HEADER_LEN}-byte header (truncated or not a table)",
-            data.len()
+            head.len()
         );
         ensure!(
-            &data[0..8] == MAGIC,
+            &head[0..8] == MAGIC,
             "not a fashion-kiosk table (bad magic)"
         );
-        let version = get_u32(data, 8);
+        let version = get_u32(head, 8);
         ensure!(
-            version == 1 || version == FORMAT_VERSION,
-            "table format version {version}, this build reads versions 1 and {FORMAT_VERSION}: rebuild it with `fashion-kiosk index`"
+            (1..=FORMAT_VERSION).contains(&version),
+            "table format version {version}, this build reads versions 1 to {FORMAT_VERSION}: rebuild it with `fashion-kiosk index`"
         );
         ensure!(
-            crc32fast::hash(&data[..92]) == get_u32(data, 92),
+            crc32fast::hash(&head[..92]) == get_u32(head, 92),
             "header checksum mismatch (corrupt file)"
         );
-        let element = Element::from_code(get_u32(data, 12))
-            .with_context(|| format!("unknown element type {}", get_u32(data, 12)))?;
-        let dim = size_field(get_u32(data, 16).into(), "dim")?;
-        let count = size_field(get_u32(data, 20).into(), "count")?;
+        let element = Element::from_code(get_u32(head, 12))
+            .with_context(|| format!("unknown element type {}", get_u32(head, 12)))?;
+        let dim = size_field(get_u32(head, 16).into(), "dim")?;
+        let count = size_field(get_u32(head, 20).into(), "count")?;
+        let cells = if version >= 3 && element == Element::I8 {
+            size_field(get_u32(head, 96).into(), "cells")?
+        } else {
+            0
+        };
         ensure!(dim > 0, "dim is 0");
         ensure!(
             element != Element::I8 || version < 2 || dim <= prefilter::MAX_DIM,
@@ -477,11 +645,13 @@ impl Table {
             prefilter::MAX_DIM
         );
         ensure!(count > 0, "the table holds no items");
-        let fingerprint = Fingerprint(data[24..56].try_into().expect("32 bytes"));
-        let records_offset = size_field(get_u64(data, 56), "records offset")?;
-        let records_len = size_field(get_u64(data, 64), "records length")?;
-        let vectors_offset = size_field(get_u64(data, 72), "vectors offset")?;
-        let vectors_len = size_field(get_u64(data, 80), "vectors length")?;
+        ensure!(cells <= count, "{cells} cells for {count} items");
+        let fingerprint = Fingerprint(head[24..56].try_into().expect("32 bytes"));
+        let records_offset = size_field(get_u64(head, 56), "records offset")?;
+        let records_len = size_field(get_u64(head, 64), "records length")?;
+        let vectors_offset = size_field(get_u64(head, 72), "vectors offset")?;
+        let vectors_len = size_field(get_u64(head, 80), "vectors length")?;
+        let body_crc = get_u32(head, 88);
         let misfit = || {
             format!(
                 "section sizes do not fit {count} vectors of {dim} {} values",
@@ -494,41 +664,64 @@ impl Table {
         ensure!(
             records_offset == HEADER_LEN
                 && records_end.checked_next_multiple_of(ALIGN) == Some(vectors_offset)
-                && Some(vectors_len) == vector_section_len(element, count, dim, version),
+                && Some(vectors_len) == vector_section_len(element, count, dim, version, cells),
             misfit()
         );
         let end = vectors_offset
             .checked_add(vectors_len)
             .with_context(misfit)?;
         ensure!(
-            data.len() == end,
-            "file is {} bytes, expected {end} (truncated or padded)",
-            data.len()
+            file_len == end as u64,
+            "file is {file_len} bytes, expected {end} (truncated or padded)"
         );
+        let layout = (element == Element::I8)
+            .then(|| I8Layout::of(count, dim, version, cells))
+            .flatten();
+        // Everything up to the rows of a version-3 i8 section is checksummed as a whole; the rows
+        // are checked one by one. A table with cells leaves its rows on disk.
+        let checked_end = match &layout {
+            Some(layout) if version >= 3 => vectors_offset + layout.rows,
+            _ => end,
+        };
+        let rows_on_disk = cells > 0;
+        // The records are read, checksummed and parsed on their own, so that only the packed
+        // items stay in memory, not their JSON.
+        let mut records = vec![0u8; vectors_offset - records_offset];
+        file.read_exact(&mut records)
+            .context("file ends inside the item records")?;
+        let mut checksum = crc32fast::Hasher::new();
+        checksum.update(&records);
+        let bytes = AlignedBytes::read(
+            &mut file,
+            rows_on_disk.then_some(checked_end - vectors_offset),
+        )?;
+        let data = bytes.as_bytes();
+        let expected = if rows_on_disk { checked_end } else { end } - vectors_offset;
         ensure!(
-            crc32fast::hash(&data[records_offset..]) == get_u32(data, 88),
+            data.len() == expected,
+            "file is {} bytes, expected {end} (truncated or padded)",
+            vectors_offset + data.len()
+        );
+        checksum.update(&data[..checked_end - vectors_offset]);
+        ensure!(
+            checksum.finalize() == body_crc,
             "data checksum mismatch (corrupt file)"
         );
-        let records: Records = serde_json::from_slice(&data[records_offset..records_end])
+        let records: LoadedRecords = serde_json::from_slice(&records[..records_len])
             .context("item records are not valid")?;
         ensure!(
             records.items.len() == count,
             "header says {count} items, records hold {}",
             records.items.len()
         );
-        if let Some(item) = records
-            .items
-            .iter()
-            .find(|item| item.metadata.len() != records.columns.len())
-        {
-            bail!(
-                "item {} has {} metadata values for {} columns",
-                item.id,
-                item.metadata.len(),
-                records.columns.len()
-            );
-        }
-        Ok(Self {
+        ensure!(
+            records.items.width() == records.columns.len(),
+            "item {} has {} metadata values for {} columns",
+            records.items.get(0).id,
+            records.items.width(),
+            records.columns.len()
+        );
+        let table = Self {
             path: path.to_path_buf(),
             fingerprint,
             element,
@@ -537,14 +730,26 @@ impl Table {
             items: records.items,
             bytes,
             vectors_offset,
+            header_checksum: get_u32(head, 92),
             version,
-        })
+            layout,
+            rows_file: rows_on_disk.then_some(file),
+        };
+        if let Some(cells) = table.cells() {
+            cells.validate(count)?;
+        }
+        if version >= 3 && element == Element::I8 && !rows_on_disk {
+            for index in 0..count {
+                table.i8_row(index)?;
+            }
+        }
+        Ok(table)
     }
 
     /// The table's content id: its header checksum (which covers the data checksum), as 8 hex
     /// digits. Two tables with the same id hold the same items and vectors.
     pub fn content_id(&self) -> String {
-        format!("{:08x}", get_u32(self.bytes.as_bytes(), 92))
+        format!("{:08x}", self.header_checksum)
     }
 
     /// Refuses the table unless it was made by a model of `accepted` (the model, then its twin);
@@ -584,17 +789,21 @@ impl Table {
     pub fn columns(&self) -> &[String] {
         &self.columns
     }
-    pub fn items(&self) -> &[Item] {
+    pub fn items(&self) -> &Items {
         &self.items
     }
-    /// Bytes of vector storage.
+    /// Item `index` (panics past the end, as indexing does).
+    pub fn item(&self, index: usize) -> ItemRef<'_> {
+        self.items.get(index)
+    }
+    /// Bytes of vector storage in memory (a table with cells: all but the rows).
     pub fn vector_bytes(&self) -> usize {
-        self.bytes.len - self.vectors_offset
+        self.bytes.len
     }
 
     /// The vector section: scales (i8 only), then the rows.
     fn vector_data(&self) -> &[u8] {
-        &self.bytes.as_bytes()[self.vectors_offset..]
+        self.bytes.as_bytes()
     }
 
     /// Each item's position in the table, by id.
@@ -602,7 +811,7 @@ impl Table {
         self.items
             .iter()
             .enumerate()
-            .map(|(i, item)| (item.id.as_str(), i))
+            .map(|(i, item)| (item.id, i))
             .collect()
     }
 
@@ -612,32 +821,28 @@ impl Table {
     }
 
     /// Cosine similarity of `query` (unit norm) to the stored vector of item `index`.
-    pub fn score(&self, query: &[f32], index: usize) -> f32 {
-        match self.element {
-            Element::I8 => self.i8_score(query, index),
-            Element::F16 => dot(query, &self.vector(index)),
+    pub fn score(&self, query: &[f32], index: usize) -> Result<f32> {
+        Ok(match self.element {
+            Element::I8 => self.i8_score(query, index)?,
+            Element::F16 => dot(query, &self.vector(index)?),
             Element::F32 => dot(query, self.f32_row(index)),
-        }
+        })
     }
 
     /// The stored vector of item `index`, decoded to f32.
-    pub fn vector(&self, index: usize) -> Vec<f32> {
+    pub fn vector(&self, index: usize) -> Result<Vec<f32>> {
         let mut out = vec![0.0; self.dim];
-        self.decode_into(index, &mut out);
-        out
-    }
-
-    fn decode_into(&self, index: usize, out: &mut [f32]) {
         match self.element {
             Element::F32 => out.copy_from_slice(self.f32_row(index)),
-            Element::F16 => self.f16_row(index).convert_to_f32_slice(out),
+            Element::F16 => self.f16_row(index).convert_to_f32_slice(&mut out),
             Element::I8 => {
-                let (scale, codes) = self.i8_row(index);
-                for (o, c) in out.iter_mut().zip(codes) {
-                    *o = *c as f32 * scale;
+                let (scale, codes) = self.i8_row(index)?;
+                for (o, c) in out.iter_mut().zip(codes.iter()) {
+                    *o = f32::from(*c) * scale;
                 }
             }
         }
+        Ok(out)
     }
 
     // The buffer is 8-aligned and the vectors offset a multiple of 64, so the casts are aligned.
@@ -651,36 +856,90 @@ impl Table {
         bytemuck::cast_slice(&data[index * self.dim * 2..(index + 1) * self.dim * 2])
     }
 
-    fn i8_row(&self, index: usize) -> (f32, &[i8]) {
+    /// The scale and codes of item `index` in an i8 table: in place, or read from the file and
+    /// checked against the row's checksum when the rows stay on disk.
+    fn i8_row(&self, index: usize) -> Result<(f32, Cow<'_, [i8]>)> {
         let data = self.vector_data();
-        let count = self.items.len();
+        let layout = self.layout.as_ref().context("not an i8 table")?;
         let scale = f32::from_le_bytes(data[index * 4..index * 4 + 4].try_into().expect("4 bytes"));
-        let start = align(count * 4) + index * self.dim;
-        (scale, bytemuck::cast_slice(&data[start..start + self.dim]))
+        let start = layout.rows + index * self.dim;
+        let codes: Cow<'_, [u8]> = match &self.rows_file {
+            None => Cow::Borrowed(&data[start..start + self.dim]),
+            Some(file) => {
+                let mut row = vec![0u8; self.dim];
+                file.read_exact_at(&mut row, (self.vectors_offset + start) as u64)
+                    .with_context(|| {
+                        format!("cannot read row {index} of table {}", self.path.display())
+                    })?;
+                Cow::Owned(row)
+            }
+        };
+        if self.version >= 3 {
+            let at = layout.row_checksums + index * 4;
+            let expected = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"));
+            ensure!(
+                crc32fast::hash(&codes) == expected,
+                "row {index} (item {}) of table {} does not match its checksum: the file is damaged or was changed after loading",
+                self.items.get(index).id,
+                self.path.display()
+            );
+        }
+        Ok(match codes {
+            Cow::Borrowed(codes) => (scale, Cow::Borrowed(bytemuck::cast_slice(codes))),
+            Cow::Owned(codes) => (scale, Cow::Owned(bytemuck::allocation::cast_vec(codes))),
+        })
     }
 
     /// The exact score of item `index` in an i8 table.
-    fn i8_score(&self, query: &[f32], index: usize) -> f32 {
-        let (scale, codes) = self.i8_row(index);
-        dot_i8(query, codes) * scale
+    fn i8_score(&self, query: &[f32], index: usize) -> Result<f32> {
+        let (scale, codes) = self.i8_row(index)?;
+        Ok(dot_i8(query, &codes) * scale)
     }
 
     /// The first stage of an i8 table's search (format version 2 or later).
     fn prefilter(&self) -> Option<Prefilter<'_>> {
-        if self.element != Element::I8 || self.version < 2 {
+        if self.version < 2 {
             return None;
         }
-        let layout = I8Layout::of(self.items.len(), self.dim, self.version)?;
+        let layout = self.layout.as_ref()?;
         let data = self.vector_data();
         let dims = prefilter::dims_for(self.dim);
+        let count = self.items.len();
         Some(Prefilter {
             dims,
             basis: bytemuck::cast_slice(&data[layout.basis..layout.basis + dims * self.dim * 4]),
             terms: bytemuck::cast_slice(
-                &data[layout.terms..layout.terms + self.items.len() * prefilter::ROW_TERMS * 4],
+                &data[layout.terms..layout.terms + count * prefilter::ROW_TERMS * 4],
             ),
-            codes: bytemuck::cast_slice(&data[layout.codes..layout.end]),
+            codes: bytemuck::cast_slice(&data[layout.codes..layout.codes + count * dims]),
         })
+    }
+
+    /// The cells of a large i8 table (format version 3 or later), if it was built with them.
+    fn cells(&self) -> Option<Cells<'_>> {
+        let layout = self.layout.as_ref().filter(|layout| layout.cells > 0)?;
+        let data = self.vector_data();
+        let dims = prefilter::dims_for(self.dim);
+        let count = self.items.len();
+        let cells = layout.cells;
+        Some(Cells {
+            centroids: bytemuck::cast_slice(
+                &data[layout.centroids..layout.centroids + cells * dims * 4],
+            ),
+            offsets: bytemuck::cast_slice(&data[layout.offsets..layout.offsets + (cells + 1) * 4]),
+            members: bytemuck::cast_slice(&data[layout.members..layout.members + count * 4]),
+            short_scales: bytemuck::cast_slice(
+                &data[layout.short_scales..layout.short_scales + count * 4],
+            ),
+            short_codes: bytemuck::cast_slice(
+                &data[layout.short_codes..layout.short_codes + count * cells::short_dims(dims)],
+            ),
+        })
+    }
+
+    /// Whether searches are approximate (the table has cells) and, if so, over how many cells.
+    pub fn cell_count(&self) -> Option<usize> {
+        self.cells().map(|cells| cells.len())
     }
 
     /// Bytes of memory each item's vector takes in the loaded table (row, scale and, for i8
@@ -705,9 +964,31 @@ impl Table {
         Ok(self.nearest_counted(query, k, allowed)?.0)
     }
 
-    /// [`Table::nearest_where`], and how many items the prefilter bounded and scored exactly
-    /// (`None`: the table has no prefilter and every allowed item was scored).
+    /// [`Table::nearest_where`], and how many items the prefilter bounded (or the cells
+    /// estimated) and how many were scored exactly (`None`: the table has no prefilter and every
+    /// allowed item was scored). A table with cells answers approximately: see
+    /// [`Table::nearest_exact`].
     pub fn nearest_counted(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Result<(Vec<Hit>, Option<SearchCounts>)> {
+        self.check_query(query)?;
+        match (self.prefilter(), self.cells()) {
+            (Some(first_stage), Some(cells)) => {
+                let (hits, counts) = cells.nearest(&first_stage, query, k, allowed, |index| {
+                    self.i8_score(query, index)
+                })?;
+                Ok((hits, Some(counts)))
+            }
+            _ => self.nearest_exact(query, k, allowed),
+        }
+    }
+
+    /// The exact top `k` among the items `allowed` accepts, whether or not the table has cells,
+    /// and the prefilter's counts as [`Table::nearest_counted`] gives them.
+    pub fn nearest_exact(
         &self,
         query: &[f32],
         k: usize,
@@ -722,10 +1003,10 @@ impl Table {
                     allowed,
                     |index| self.i8_row(index),
                     |index| self.i8_score(query, index),
-                );
+                )?;
                 (hits, Some(counts))
             }
-            None => (self.scan(query, k, allowed), None),
+            None => (self.scan(query, k, allowed)?, None),
         })
     }
 
@@ -737,7 +1018,7 @@ impl Table {
         allowed: impl Fn(usize) -> bool,
     ) -> Result<Vec<Hit>> {
         self.check_query(query)?;
-        Ok(self.scan(query, k, allowed))
+        self.scan(query, k, allowed)
     }
 
     fn check_query(&self, query: &[f32]) -> Result<()> {
@@ -751,7 +1032,7 @@ impl Table {
         Ok(())
     }
 
-    fn scan(&self, query: &[f32], k: usize, allowed: impl Fn(usize) -> bool) -> Vec<Hit> {
+    fn scan(&self, query: &[f32], k: usize, allowed: impl Fn(usize) -> bool) -> Result<Vec<Hit>> {
         let mut top = TopK::new(k);
         let mut scratch = vec![0f32; self.dim];
         for index in 0..self.items.len() {
@@ -759,7 +1040,7 @@ impl Table {
                 continue;
             }
             let score = match self.element {
-                Element::I8 => self.i8_score(query, index),
+                Element::I8 => self.i8_score(query, index)?,
                 Element::F16 => {
                     self.f16_row(index).convert_to_f32_slice(&mut scratch);
                     dot(query, &scratch)
@@ -768,7 +1049,7 @@ impl Table {
             };
             top.offer(Hit { index, score });
         }
-        top.into_sorted()
+        Ok(top.into_sorted())
     }
 }
 
@@ -889,7 +1170,7 @@ mod tests {
             let table = Table::load(&sample(dir.path(), element)).unwrap();
             assert_eq!(table.len(), 3);
             assert_eq!(table.element(), element);
-            assert_eq!(table.items()[1].metadata, vec!["blue".to_string()]);
+            assert_eq!(table.item(1).to_item().metadata, vec!["blue".to_string()]);
             let hits = table
                 .nearest(&unit(&[1.0, 0.05, 0.0, 0.0]), 2, None)
                 .unwrap();
@@ -921,7 +1202,7 @@ mod tests {
             let path = dir.path().join(format!("live-{}.fkt", element.name()));
             builder.write(&path, element).unwrap();
             let table = Table::load(&path).unwrap();
-            let query = table.vector(5);
+            let query = table.vector(5).unwrap();
             let before = table.nearest(&query, 3, None).unwrap();
 
             // What `cp new.fkt live.fkt` does: the same inode, truncated, then fewer bytes.
@@ -938,7 +1219,7 @@ mod tests {
                 before,
                 "{element:?}"
             );
-            assert_eq!(table.vector(5), query, "{element:?}");
+            assert_eq!(table.vector(5).unwrap(), query, "{element:?}");
         }
     }
 
@@ -1110,8 +1391,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mutated.fkt");
         let mut rng = Rng(0x5eed);
-        for element in [Element::F16, Element::I8, Element::F32] {
-            let good = std::fs::read(sample(dir.path(), element)).unwrap();
+        let with_cells = {
+            let path = sample(dir.path(), Element::I8);
+            let mut builder = TableBuilder::new(Fingerprint([7; 32]), 4, vec!["colour".into()]);
+            let table = Table::load(&path).unwrap();
+            for (index, item) in table.items().iter().enumerate() {
+                builder
+                    .push(item.to_item(), &table.vector(index).unwrap())
+                    .unwrap();
+            }
+            builder.approximate_from(1);
+            let path = dir.path().join("t-cells.fkt");
+            builder.write(&path, Element::I8).unwrap();
+            assert!(Table::load(&path).unwrap().cell_count().is_some());
+            std::fs::read(&path).unwrap()
+        };
+        for (element, good) in [
+            (
+                Element::F16,
+                std::fs::read(sample(dir.path(), Element::F16)).unwrap(),
+            ),
+            (
+                Element::I8,
+                std::fs::read(sample(dir.path(), Element::I8)).unwrap(),
+            ),
+            (
+                Element::F32,
+                std::fs::read(sample(dir.path(), Element::F32)).unwrap(),
+            ),
+            (Element::I8, with_cells),
+        ] {
             for case in 0..1500 {
                 let mut bytes = good.clone();
                 let mutations: Vec<String> = (0..1 + rng.below(3))
@@ -1121,12 +1430,17 @@ mod tests {
                 std::fs::write(&path, &bytes).unwrap();
                 let outcome = std::panic::catch_unwind(|| {
                     if let Ok(table) = Table::load(&path) {
-                        // A table that loads must be searchable.
-                        for index in 0..table.len() {
-                            table.vector(index);
-                        }
+                        // A table that loads must be searchable; one whose rows stay on disk
+                        // finds a damaged row when it reads it.
                         let query = vec![0.5; table.dim()];
-                        table.nearest(&query, 3, Some(0)).unwrap();
+                        let searched = table.nearest(&query, 3, Some(0));
+                        let read = (0..table.len()).map(|index| table.vector(index));
+                        if table.rows_file.is_none() {
+                            searched.unwrap();
+                            read.for_each(|vector| drop(vector.unwrap()));
+                        } else {
+                            read.for_each(drop);
+                        }
                     }
                 });
                 assert!(
@@ -1151,7 +1465,13 @@ mod tests {
 
     /// A table of `count` unit vectors of `dim` values around a few centres (so that most items
     /// are far from any query), with every 50th item a copy of the one before it (exact ties).
-    fn clustered(dir: &Path, count: usize, dim: usize) -> (PathBuf, Vec<Vec<f32>>) {
+    /// Tables of `approximate_from` items or more get cells.
+    fn clustered(
+        dir: &Path,
+        count: usize,
+        dim: usize,
+        approximate_from: usize,
+    ) -> (PathBuf, Vec<Vec<f32>>) {
         let mut rng = Rng(0x1234_5678);
         let mut next = move || (rng.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
         let centres: Vec<Vec<f32>> = (0..8).map(|_| (0..dim).map(|_| next()).collect()).collect();
@@ -1171,6 +1491,7 @@ mod tests {
             vectors.push(vector);
         }
         let path = dir.join("clustered.fkt");
+        builder.approximate_from(approximate_from);
         builder.write(&path, Element::I8).unwrap();
         let queries = (0..120)
             .map(|q| {
@@ -1185,7 +1506,7 @@ mod tests {
     #[test]
     fn the_prefilter_returns_exactly_what_scoring_every_item_returns() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, queries) = clustered(dir.path(), 1500, 96);
+        let (path, queries) = clustered(dir.path(), 1500, 96, usize::MAX);
         let table = Table::load(&path).unwrap();
         assert!(table.prefilter().is_some());
         let mut scored = 0;
@@ -1221,22 +1542,143 @@ mod tests {
     #[test]
     fn a_version_1_table_loads_and_is_searched_by_scanning() {
         let dir = tempfile::tempdir().unwrap();
-        let (path, queries) = clustered(dir.path(), 200, 32);
-        let mut bytes = std::fs::read(&path).unwrap();
-        // Version 1 is version 2 without the prefilter after the rows.
+        let (path, queries) = clustered(dir.path(), 200, 32, usize::MAX);
+        let bytes = std::fs::read(&path).unwrap();
+        // Version 1 is the scales, then the rows (which version 3 keeps at the end).
         let vectors_offset = get_u64(&bytes, 72) as usize;
-        let rows_end = vectors_offset + align(200 * 4) + 200 * 32;
-        bytes.truncate(rows_end);
-        put_u64(&mut bytes, 80, (rows_end - vectors_offset) as u64);
-        put_u32(&mut bytes, 8, 1);
-        reseal(&mut bytes, true);
-        let old = dir.path().join("v1.fkt");
-        std::fs::write(&old, &bytes).unwrap();
-        let (old, new) = (Table::load(&old).unwrap(), Table::load(&path).unwrap());
+        let scales_end = vectors_offset + align(200 * 4);
+        let mut old = bytes[..scales_end].to_vec();
+        old.extend_from_slice(&bytes[bytes.len() - 200 * 32..]);
+        let vectors_len = (old.len() - vectors_offset) as u64;
+        put_u64(&mut old, 80, vectors_len);
+        put_u32(&mut old, 8, 1);
+        reseal(&mut old, true);
+        let old_path = dir.path().join("v1.fkt");
+        std::fs::write(&old_path, &old).unwrap();
+        let (old, new) = (Table::load(&old_path).unwrap(), Table::load(&path).unwrap());
         assert!(old.prefilter().is_none());
         let (hits, counts) = old.nearest_counted(&queries[1], 5, |_| true).unwrap();
         assert_eq!(counts, None);
         assert_eq!(hits, new.nearest_where(&queries[1], 5, |_| true).unwrap());
+        for index in [0, 77, 199] {
+            assert_eq!(old.vector(index).unwrap(), new.vector(index).unwrap());
+        }
+    }
+
+    /// A table of `count` unit vectors of `dim` values that lie near a 6-d subspace (as
+    /// embeddings lie near a manifold of far fewer dimensions than they have), with cells from
+    /// `approximate_from` items; and queries near some of its items.
+    fn near_a_subspace(
+        dir: &Path,
+        count: usize,
+        dim: usize,
+        approximate_from: usize,
+    ) -> (PathBuf, Vec<Vec<f32>>) {
+        let mut rng = Rng(0x00c0_ffee);
+        let mut next = move || (rng.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        let axes: Vec<Vec<f32>> = (0..6).map(|_| (0..dim).map(|_| next()).collect()).collect();
+        let mut point = |noise: f32| -> Vec<f32> {
+            let weights: Vec<f32> = axes.iter().map(|_| next()).collect();
+            (0..dim)
+                .map(|i| {
+                    axes.iter()
+                        .zip(&weights)
+                        .map(|(a, w)| a[i] * w)
+                        .sum::<f32>()
+                        + noise * next()
+                })
+                .collect()
+        };
+        let mut builder = TableBuilder::new(Fingerprint([4; 32]), dim, vec!["group".into()]);
+        let mut vectors = Vec::new();
+        for i in 0..count {
+            let vector = unit(&point(0.02));
+            let group = (i % 3).to_string();
+            builder
+                .push(item(&format!("i{i}"), &[group.as_str()]), &vector)
+                .unwrap();
+            vectors.push(vector);
+        }
+        let path = dir.join(format!("subspace-{approximate_from}.fkt"));
+        builder.approximate_from(approximate_from);
+        builder.write(&path, Element::I8).unwrap();
+        let queries = (0..100)
+            .map(|q| {
+                let base = &vectors[(q * 37) % count];
+                unit(&base.iter().map(|v| v + 0.1 * next()).collect::<Vec<_>>())
+            })
+            .collect();
+        (path, queries)
+    }
+
+    #[test]
+    fn a_table_with_cells_finds_nearly_all_of_the_exact_top_k_reading_few_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, queries) = near_a_subspace(dir.path(), 6000, 64, 1000);
+        let table = Table::load(&path).unwrap();
+        assert_eq!(table.cell_count(), Some(cells::cells_for(6000)));
+        assert!(table.rows_file.is_some(), "the rows stay on disk");
+        // Loaded: everything but the rows.
+        assert!(table.bytes_per_item() < 64.0, "{}", table.bytes_per_item());
+        let (mut found, mut scored) = (0, 0);
+        for query in &queries {
+            let (hits, counts) = table.nearest_counted(query, 5, |_| true).unwrap();
+            let (exact, _) = table.nearest_exact(query, 5, |_| true).unwrap();
+            assert_eq!(exact, table.nearest_by_scan(query, 5, |_| true).unwrap());
+            found += hits.iter().filter(|h| exact.contains(h)).count();
+            scored += counts.unwrap().scored;
+            // Every hit carries its exact score, best first.
+            for pair in hits.windows(2) {
+                assert!(pair[0].score >= pair[1].score);
+            }
+            for hit in &hits {
+                assert_eq!(hit.score, table.score(query, hit.index).unwrap());
+            }
+            let filtered = table
+                .nearest_where(query, 5, |index| index % 3 == 1)
+                .unwrap();
+            assert_eq!(filtered.len(), 5);
+            assert!(filtered.iter().all(|h| h.index % 3 == 1));
+        }
+        let recall = found as f64 / (5 * queries.len()) as f64;
+        assert!(recall >= 0.95, "recall@5 {recall}");
+        assert!(scored / queries.len() <= 256, "{scored} rows scored");
+        // The same items below the threshold: no cells, exact search, rows in memory.
+        let (small, _) = near_a_subspace(dir.path(), 6000, 64, 6001);
+        let small = Table::load(&small).unwrap();
+        assert_eq!(small.cell_count(), None);
+        assert!(small.rows_file.is_none());
+    }
+
+    #[test]
+    fn a_row_changed_on_disk_after_loading_is_an_error_naming_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, queries) = clustered(dir.path(), 400, 32, 100);
+        let table = Table::load(&path).unwrap();
+        let hits = table.nearest(&queries[0], 5, None).unwrap();
+        // Overwritten in place, as `cp` onto the live file does: every row changes.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let rows = bytes.len() - 400 * 32;
+        for byte in &mut bytes[rows..] {
+            *byte = byte.wrapping_add(1);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = table.nearest(&queries[0], 5, None).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("clustered.fkt"), "{message}");
+        assert!(message.contains("does not match its checksum"), "{message}");
+        assert!(table.vector(hits[0].index).is_err());
+        // Loaded again, the damaged rows are only found when read: searches report them.
+        let reloaded = Table::load(&path).unwrap();
+        assert!(reloaded.nearest(&queries[0], 5, None).is_err());
+        // A table whose rows are in memory checks them all on load.
+        let (small, _) = clustered(dir.path(), 400, 32, usize::MAX);
+        let mut bytes = std::fs::read(&small).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&small, &bytes).unwrap();
+        let message = format!("{:#}", Table::load(&small).err().unwrap());
+        assert!(message.contains("row 399"), "{message}");
     }
 
     #[test]

@@ -217,7 +217,15 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
                 items: t.len(),
                 fingerprint: t.content_id(),
             });
-            format!("{} ({} items)", config.catalogue.table.display(), t.len())
+            let search = match t.cell_count() {
+                Some(cells) => format!(", approximate search over {cells} cells"),
+                None => String::new(),
+            };
+            format!(
+                "{} ({} items{search})",
+                config.catalogue.table.display(),
+                t.len()
+            )
         }),
     ));
     if let (Some(recommend), Ok(table)) = (&config.recommend, &table) {

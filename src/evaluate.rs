@@ -42,7 +42,7 @@ pub fn precision_at_k(
         .iter()
         .map(|item| {
             labels
-                .for_id(&item.id)
+                .for_id(item.id)
                 .map(|row| column_at.iter().map(|&c| row.values[c].clone()).collect())
         })
         .collect();
@@ -84,7 +84,7 @@ pub fn all_neighbours(table: &Table, k: usize) -> Result<Vec<Vec<usize>>> {
     (0..table.len())
         .into_par_iter()
         .map(|q| {
-            let query = table.vector(q);
+            let query = table.vector(q)?;
             Ok(table
                 .nearest(&query, k, Some(q))?
                 .iter()
@@ -116,7 +116,7 @@ pub fn twin_agreement(table: &Table, twin: &Table, k: usize) -> Result<f64> {
     let hits = (0..twin.len())
         .into_par_iter()
         .map(|q| -> Result<usize> {
-            let query = twin.vector(q);
+            let query = twin.vector(q)?;
             let theirs = twin.nearest(&query, k, Some(q))?;
             let ours = table.nearest(&query, k, Some(q))?;
             Ok(ours
@@ -133,8 +133,8 @@ fn ensure_same_items(table: &Table, other: &Table) -> Result<()> {
         table
             .items()
             .iter()
-            .map(|i| &i.id)
-            .eq(other.items().iter().map(|i| &i.id)),
+            .map(|i| i.id)
+            .eq(other.items().iter().map(|i| i.id)),
         "tables {} and {} do not hold the same items in the same order",
         table.path().display(),
         other.path().display()
@@ -288,7 +288,7 @@ pub fn rerank(
         .collect::<Vec<_>>()
         .par_iter()
         .map(|&item| -> Result<_> {
-            let query = table.vector(item);
+            let query = table.vector(item)?;
             let hits = table.nearest(&query, candidates, None)?;
             // The scanned item is the best match (the item itself, or a byte-identical copy).
             let anchor = hits[0].index;
@@ -305,7 +305,7 @@ pub fn rerank(
             Ok((anchor, visual, ranked, took))
         })
         .collect::<Result<_>>()?;
-    let value = |i: usize, c: usize| table.items()[i].metadata[c].as_str();
+    let value = |i: usize, c: usize| table.item(i).metadata(c).unwrap_or_default();
     let lists = per_item.len() as f64;
     let mean_over = |f: &dyn Fn(&[usize], usize) -> f64, pick_ranked: bool| -> f64 {
         per_item

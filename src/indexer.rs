@@ -30,6 +30,8 @@ pub struct IndexJob<'a> {
     /// Replace a table at `out` even if more than 10% of its items would go or more than 1% of
     /// the folder's images could not be read.
     pub allow_shrink: bool,
+    /// An i8 table of at least this many items gets cells and is searched approximately.
+    pub approximate_from: usize,
     pub show_progress: bool,
     /// Embed only this shard's images. The output is then a part file for `merge` (see
     /// [`is_part_path`]), as it is for a whole folder written to a `.parquet` name.
@@ -134,7 +136,8 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
                 .as_ref()
                 .map(|table| previous_vectors(embedder, job, table))
                 .unwrap_or_default();
-            let ids = existing.map(|table| table.items().iter().map(|i| i.id.clone()).collect());
+            let ids =
+                existing.map(|table| table.items().iter().map(|i| i.id.to_string()).collect());
             (previous, ids)
         }
     };
@@ -294,6 +297,7 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
     report.items = builder.len();
     report.embedded = report.items - report.reused.min(report.items);
     remove_interrupted_writes(job.out);
+    builder.approximate_from(job.approximate_from);
     builder.write(job.out, job.element)?;
     report.elapsed = start.elapsed();
     Ok(report)
@@ -508,7 +512,10 @@ fn previous_vectors(embedder: &Embedder, job: &IndexJob, table: &Table) -> Previ
         .items()
         .iter()
         .enumerate()
-        .map(|(i, item)| ((item.source.clone(), item.digest.clone()), table.vector(i)))
+        .filter_map(|(i, item)| {
+            let vector = table.vector(i).ok()?;
+            Some(((item.source.to_string(), item.digest.to_string()), vector))
+        })
         .collect()
 }
 

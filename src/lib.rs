@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod calibration;
 pub mod catalogue;
+pub mod cells;
 pub mod check;
 pub mod colour;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod form;
 pub mod frames;
 pub mod health;
 pub mod indexer;
+pub mod items;
 pub mod kiosk;
 pub mod labels;
 pub mod merge;

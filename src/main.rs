@@ -10,6 +10,7 @@ use indicatif::ProgressBar;
 
 use fashion_kiosk::calibration::{Calibration, ColourSettings, SceneFiles};
 use fashion_kiosk::catalogue::{Element, Table};
+use fashion_kiosk::cells;
 use fashion_kiosk::colour::Correction;
 use fashion_kiosk::config::{Config, OutfitConfig, Overrides};
 use fashion_kiosk::form;
@@ -163,6 +164,11 @@ struct IndexArgs {
     /// the twin returns 94% of the model's own top-5 neighbours (models/README.md).
     #[arg(long)]
     twin: bool,
+    /// An i8 table of this many items or more is built with cells (k-means over its items) and
+    /// searched approximately: the items of the nearest few cells are ranked by short codes and
+    /// the best 256 scored exactly. Smaller tables are searched exactly.
+    #[arg(long, value_name = "ITEMS", default_value_t = cells::DEFAULT_FROM)]
+    approximate_from: usize,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -182,6 +188,11 @@ struct MergeArgs {
     /// the images could not be embedded.
     #[arg(long)]
     allow_shrink: bool,
+    /// An i8 table of this many items or more is built with cells (k-means over its items) and
+    /// searched approximately: the items of the nearest few cells are ranked by short codes and
+    /// the best 256 scored exactly. Smaller tables are searched exactly.
+    #[arg(long, value_name = "ITEMS", default_value_t = cells::DEFAULT_FROM)]
+    approximate_from: usize,
 }
 
 #[derive(Args)]
@@ -376,6 +387,13 @@ struct BenchArgs {
     /// Time the searches only (no model is loaded).
     #[arg(long, requires = "table")]
     search_only: bool,
+    /// Keep the synthetic table of --search-items here (to load it again in a fresh process).
+    #[arg(long, value_name = "TABLE", requires = "search_items")]
+    synthetic_out: Option<PathBuf>,
+    /// Seed of the synthetic table's jitter and of the search queries (keep some seeds unseen
+    /// while tuning, for a final check).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 /// The default config path of an installed kiosk.
@@ -579,6 +597,7 @@ fn cmd_index(args: IndexArgs) -> Result<()> {
             out: &args.out,
             element: args.element,
             allow_shrink: args.allow_shrink,
+            approximate_from: args.approximate_from,
             show_progress: std::io::stderr().is_terminal(),
             shard,
             files: files.as_deref(),
@@ -603,6 +622,7 @@ fn cmd_merge(args: MergeArgs) -> Result<()> {
         out: &args.out,
         element: args.element,
         allow_shrink: args.allow_shrink,
+        approximate_from: args.approximate_from,
     })?;
     for skipped in &report.skipped {
         tracing::warn!("skipped by its shard: {}: {}", skipped.file, skipped.reason);
@@ -983,6 +1003,8 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
         scan: args.frame.zip(args.reference),
         search_items: args.search_items,
         search_only: args.search_only,
+        synthetic_out: args.synthetic_out,
+        seed: args.seed,
     })
 }
 
@@ -1152,6 +1174,7 @@ fn cmd_demo(args: DemoArgs) -> Result<()> {
             out: &table,
             element: Element::I8,
             allow_shrink: false,
+            approximate_from: cells::DEFAULT_FROM,
             show_progress: std::io::stderr().is_terminal(),
             shard: None,
             files: None,

@@ -20,6 +20,8 @@ pub struct MergeJob<'a> {
     /// Replace a table at `out` even if it would lose more than a tenth of its items or more than
     /// 1% of the images could not be embedded.
     pub allow_shrink: bool,
+    /// An i8 table of at least this many items gets cells and is searched approximately.
+    pub approximate_from: usize,
 }
 
 /// What `merge` did.
@@ -112,8 +114,8 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
                 lost: existing
                     .items()
                     .iter()
-                    .filter(|item| !kept.contains(item.id.as_str()))
-                    .map(|item| item.id.clone())
+                    .filter(|item| !kept.contains(item.id))
+                    .map(|item| item.id.to_string())
                     .collect(),
                 unreadable: skipped.len(),
                 images: rows.len() + skipped.len(),
@@ -133,6 +135,7 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
     // The parts' vectors are in the builder now: freed before encoding doubles them again.
     drop(rows);
     drop(parts);
+    builder.approximate_from(job.approximate_from);
     builder.write(job.out, job.element)?;
     Ok(report)
 }
@@ -250,6 +253,7 @@ mod tests {
             out,
             element: Element::F32,
             allow_shrink: false,
+            approximate_from: crate::cells::DEFAULT_FROM,
         }
     }
 
@@ -268,11 +272,11 @@ mod tests {
         let report = merge(&job(&parts, &out)).unwrap();
         assert_eq!(report.items, 3);
         let table = Table::load(&out).unwrap();
-        let ids: Vec<&str> = table.items().iter().map(|i| i.id.as_str()).collect();
+        let ids: Vec<&str> = table.items().iter().map(|i| i.id).collect();
         assert_eq!(ids, ["2", "9", "10"]);
         assert_eq!(table.columns(), ["colour"]);
-        assert_eq!(table.items()[2].metadata, ["colour of 10.jpg"]);
-        assert_eq!(table.vector(1), [9.0, 1.0, -9.0, 0.5]);
+        assert_eq!(table.item(2).metadata(0), Some("colour of 10.jpg"));
+        assert_eq!(table.vector(1).unwrap(), [9.0, 1.0, -9.0, 0.5]);
     }
 
     #[test]
@@ -345,6 +349,7 @@ mod tests {
         );
         let allowed = MergeJob {
             allow_shrink: true,
+            approximate_from: crate::cells::DEFAULT_FROM,
             ..job(&fewer, &out)
         };
         merge(&allowed).unwrap();

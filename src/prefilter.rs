@@ -9,6 +9,10 @@
 //! `q·x ≤ qp̂·p̂ + δ·‖p̂‖ + ‖qp‖·‖p − p̂‖ + ‖q_R‖·‖x_R‖` (Cauchy–Schwarz on each part; `qp̂` is the
 //! query's i16 form, `δ` its rounding), and that bound costs `dims` multiply-adds, not `dim`.
 
+use std::borrow::Cow;
+
+use anyhow::Result;
+
 use crate::catalogue::{Hit, TopK};
 
 /// Directions kept per row: a table of `dim` values keeps `dim / 8` of them, at most this many.
@@ -51,12 +55,21 @@ pub struct Built {
     pub codes: Vec<i8>,
 }
 
-/// Builds the first stage of `rows` (`count × dim`, the values as the table decodes them).
-pub fn build(rows: &[f32], dim: usize) -> Built {
+/// Builds the first stage of a table of `count` rows of `dim` values; `decode(i, out)` writes row
+/// `i` as the table decodes it. Rows are decoded a chunk at a time, so the table's rows are never
+/// all held in f32.
+pub fn build(count: usize, dim: usize, decode: impl Fn(usize, &mut [f32])) -> Built {
     const CHUNK: usize = 1024;
-    let count = rows.len() / dim;
     let dims = dims_for(dim);
-    let basis = principal_directions(rows, dim, dims);
+    let step = count.div_ceil(SAMPLE_ROWS).max(1);
+    let mut sample = Vec::with_capacity(count.div_ceil(step) * dim);
+    let mut row = vec![0f32; dim];
+    for index in (0..count).step_by(step) {
+        decode(index, &mut row);
+        sample.extend_from_slice(&row);
+    }
+    let basis = principal_directions(&sample, dim, dims);
+    drop(sample);
     // The coordinates are computed in f32: each is off by at most γ·‖x‖ (γ = dim·2⁻²⁴ / (1 −
     // dim·2⁻²⁴), the bound of a dim-term f32 dot product of unit directions), so all of them by at
     // most √dims·γ·‖x‖, which the code error and the remainder norm take in.
@@ -65,8 +78,13 @@ pub fn build(rows: &[f32], dim: usize) -> Built {
     let mut terms = Vec::with_capacity(count * ROW_TERMS);
     let mut codes = Vec::with_capacity(count * dims);
     let mut coordinates = vec![0f32; CHUNK * dims];
-    for chunk in rows.chunks(CHUNK * dim) {
-        let chunk_rows = chunk.len() / dim;
+    let mut chunk = vec![0f32; CHUNK * dim];
+    for first in (0..count).step_by(CHUNK) {
+        let chunk_rows = CHUNK.min(count - first);
+        let chunk = &mut chunk[..chunk_rows * dim];
+        for (offset, row) in chunk.chunks_exact_mut(dim).enumerate() {
+            decode(first + offset, row);
+        }
         // SAFETY: chunk is chunk_rows × dim and basis dims × dim (read as its transpose), both
         // row-major; coordinates holds chunk_rows × dims.
         unsafe {
@@ -138,26 +156,22 @@ pub struct SearchCounts {
 impl Prefilter<'_> {
     /// The exact top `k` among the items `allowed` accepts, best first: the same hits, in the same
     /// order, as scoring every item with `score(index)`. `row(index)` is the item's stored row (its
-    /// scale and codes), from which a tight bound of its score is computed before scoring it.
+    /// scale and codes), from which a tight bound of its score is computed before scoring it. An
+    /// error reading a row or scoring an item ends the search.
     pub fn nearest<'r>(
         &self,
         query: &[f32],
         k: usize,
         allowed: impl Fn(usize) -> bool,
-        row: impl Fn(usize) -> (f32, &'r [i8]),
-        score: impl Fn(usize) -> f32,
-    ) -> (Vec<Hit>, SearchCounts) {
-        let dim = query.len();
-        let count = self.terms.len() / ROW_TERMS;
+        row: impl Fn(usize) -> Result<(f32, Cow<'r, [i8]>)>,
+        score: impl Fn(usize) -> Result<f32>,
+    ) -> Result<(Vec<Hit>, SearchCounts)> {
+        let count = self.len();
         let mut counts = SearchCounts::default();
         if k == 0 {
-            return (Vec::new(), counts);
+            return Ok((Vec::new(), counts));
         }
-        let coordinates: Vec<f32> = self
-            .basis
-            .chunks_exact(dim)
-            .map(|direction| dot_f64(direction, query) as f32)
-            .collect();
+        let coordinates = self.coordinates(query);
         let kept = squared_norm(&coordinates);
         let remainder = ((squared_norm(query) - kept).max(0.0) + f64::from(SLACK)).sqrt() as f32;
         let kept = kept.sqrt() as f32;
@@ -190,7 +204,7 @@ impl Prefilter<'_> {
             for &(_, index) in &by_bound[..probe] {
                 probe_top.offer(Hit {
                     index,
-                    score: score(index),
+                    score: score(index)?,
                 });
             }
             threshold = probe_top.kth_score().unwrap_or(f32::NEG_INFINITY);
@@ -203,19 +217,83 @@ impl Prefilter<'_> {
             if bound < floor {
                 continue;
             }
-            let (scale, codes) = row(index);
+            let (scale, codes) = row(index)?;
             let terms = &self.terms[index * ROW_TERMS..(index + 1) * ROW_TERMS];
             let row_norm = ((terms[3] + terms[1]).powi(2) + terms[2].powi(2)).sqrt();
-            if fine.bound(codes, scale, row_norm) + SLACK < floor {
+            if fine.bound(&codes, scale, row_norm) + SLACK < floor {
                 continue;
             }
             counts.scored += 1;
             top.offer(Hit {
                 index,
-                score: score(index),
+                score: score(index)?,
             });
         }
-        (top.into_sorted(), counts)
+        Ok((top.into_sorted(), counts))
+    }
+
+    /// Items in the table.
+    pub fn len(&self) -> usize {
+        self.terms.len() / ROW_TERMS
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+
+    /// A vector's coordinates in the directions.
+    pub fn coordinates(&self, vector: &[f32]) -> Vec<f32> {
+        self.basis
+            .chunks_exact(vector.len())
+            .map(|direction| dot_f64(direction, vector) as f32)
+            .collect()
+    }
+
+    /// Item `index`'s codes and their scale.
+    pub fn codes(&self, index: usize) -> (&[i8], f32) {
+        (
+            &self.codes[index * self.dims..(index + 1) * self.dims],
+            self.terms[index * ROW_TERMS],
+        )
+    }
+
+    /// Item `index`'s coordinates as its codes store them, into `out` (`dims` values).
+    pub fn decode_coordinates(&self, index: usize, out: &mut [f32]) {
+        let scale = self.terms[index * ROW_TERMS];
+        let codes = &self.codes[index * self.dims..(index + 1) * self.dims];
+        for (o, c) in out.iter_mut().zip(codes) {
+            *o = f32::from(*c) * scale;
+        }
+    }
+
+    /// Estimates of the scores of a query with `coordinates` (from [`Prefilter::coordinates`]):
+    /// the dot products with the items' decoded coordinates, for approximate search.
+    pub fn estimator(&self, coordinates: &[f32]) -> Estimator<'_> {
+        Estimator {
+            prefilter: *self,
+            query: QueryCodes::new(coordinates),
+        }
+    }
+}
+
+/// Scores items from their codes alone: see [`Prefilter::estimator`].
+pub struct Estimator<'a> {
+    prefilter: Prefilter<'a>,
+    query: QueryCodes,
+}
+
+impl Estimator<'_> {
+    /// The estimated score of item `index`: what the leading directions see of it.
+    pub fn estimate(&self, index: usize) -> f32 {
+        let p = &self.prefilter;
+        let codes = &p.codes[index * p.dims..(index + 1) * p.dims];
+        self.estimate_codes(codes, p.terms[index * ROW_TERMS])
+    }
+
+    /// A coarser estimate from the first `codes.len()` of an item's codes and its code scale:
+    /// what the few leading directions see of it.
+    pub fn estimate_codes(&self, codes: &[i8], scale: f32) -> f32 {
+        dot_i8_i16(codes, &self.query.codes[..codes.len()]) as f32 * self.query.scale * scale
     }
 }
 
@@ -348,16 +426,9 @@ mod simd {
     }
 }
 
-/// The `dims` leading eigenvectors of the rows' second-moment matrix, orthonormal, as `dims × dim`.
-fn principal_directions(rows: &[f32], dim: usize, dims: usize) -> Vec<f32> {
-    let count = rows.len() / dim;
-    let step = count.div_ceil(SAMPLE_ROWS).max(1);
-    let sample: Vec<f32> = rows
-        .chunks_exact(dim)
-        .step_by(step)
-        .flatten()
-        .copied()
-        .collect();
+/// The `dims` leading eigenvectors of the second-moment matrix of `sample`'s rows, orthonormal,
+/// as `dims × dim`.
+fn principal_directions(sample: &[f32], dim: usize, dims: usize) -> Vec<f32> {
     let sampled = sample.len() / dim;
     // moments = sampleᵀ · sample (dim × dim), plus a small ridge so that every direction has
     // weight and the iteration never meets a zero column in a table of few rows.

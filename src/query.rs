@@ -116,16 +116,16 @@ pub fn recommendations(table: &Table, hits: &[Hit]) -> Vec<Recommendation> {
 
 /// The table's item at `hit`, with its metadata.
 pub fn recommendation(table: &Table, hit: Hit) -> Recommendation {
-    let item = &table.items()[hit.index];
+    let item = table.item(hit.index);
     let metadata = table
         .columns()
         .iter()
-        .zip(&item.metadata)
-        .map(|(c, v)| (c.clone(), serde_json::Value::String(v.clone())))
+        .zip(item.metadata_values())
+        .map(|(c, v)| (c.clone(), serde_json::Value::String(v.to_string())))
         .collect();
     Recommendation {
         index: hit.index,
-        id: item.id.clone(),
+        id: item.id.to_string(),
         score: hit.score,
         metadata,
         ranked: None,

@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 mod common;
 
 use common::repo;
+use fashion_kiosk::catalogue::Table;
 
 /// The stand-in embedder: the same code path as the fashion model, in milliseconds.
 const TINY: &str = "tests/fixtures/tiny-model/tiny.manifest.json";
@@ -102,6 +103,44 @@ fn shards_merged_equal_one_index_of_the_folder() {
         std::fs::read(&merged).unwrap() == std::fs::read(&whole).unwrap(),
         "the merged table differs from the single index"
     );
+
+    // Merged with cells (as a catalogue past --approximate-from is): the same items and vectors,
+    // searched approximately, each item finding what an exact search finds first.
+    let approximate = dir.path().join("approximate.fkt");
+    let mut merge = vec![
+        "merge",
+        "--approximate-from",
+        "30",
+        "--out",
+        approximate.to_str().unwrap(),
+    ];
+    merge.extend(parts.iter().map(String::as_str));
+    let err = succeeds(&mut fashion_kiosk(&merge));
+    assert!(
+        err.contains("approximate search: 30 items in 11 cells"),
+        "{err}"
+    );
+    let (exact, approximate) = (
+        Table::load(&whole).unwrap(),
+        Table::load(&approximate).unwrap(),
+    );
+    assert_eq!(
+        (exact.cell_count(), approximate.cell_count()),
+        (None, Some(11))
+    );
+    for index in 0..exact.len() {
+        assert_eq!(
+            exact.item(index).to_item(),
+            approximate.item(index).to_item()
+        );
+        let vector = exact.vector(index).unwrap();
+        assert_eq!(vector, approximate.vector(index).unwrap());
+        assert_eq!(
+            approximate.nearest(&vector, 1, None).unwrap(),
+            exact.nearest(&vector, 1, None).unwrap(),
+            "item {index}"
+        );
+    }
 
     // A shard re-run on an unchanged folder re-embeds nothing.
     let err = succeeds(fashion_kiosk(&args).args(["--shard", "3/4", "--out", &parts[3]]));
@@ -197,7 +236,7 @@ fn a_file_list_from_stdin_limits_what_is_embedded() {
         "f32",
     ]));
     let table = fashion_kiosk::catalogue::Table::load(&merged).unwrap();
-    let mut sources: Vec<String> = table.items().iter().map(|i| i.source.clone()).collect();
+    let mut sources: Vec<String> = table.items().iter().map(|i| i.source.to_string()).collect();
     sources.sort();
     names.sort();
     assert_eq!(sources, names);

@@ -266,11 +266,9 @@ impl Scanner {
             .goes_with(&self.table, anchor, self.top)
             .into_iter()
             .map(|r| {
-                let item = &self.table.items()[r.index];
-                let label = category
-                    .and_then(|c| item.metadata.get(c).cloned())
-                    .unwrap_or_default();
-                (item.id.clone(), label)
+                let item = self.table.item(r.index);
+                let label = category.and_then(|c| item.metadata(c)).unwrap_or_default();
+                (item.id.to_string(), label.to_string())
             })
             .collect()
     }

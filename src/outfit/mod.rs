@@ -66,7 +66,7 @@ impl Outfits {
                 if !table
                     .items()
                     .iter()
-                    .any(|i| i.metadata[column] == *category)
+                    .any(|i| i.metadata(column) == Some(category.as_str()))
                 {
                     unknown.push(format!("{category:?} (outfit.garments.{class})"));
                 }
@@ -487,11 +487,12 @@ pub fn query_parsed(
         let items = table.items();
         let wanted = settings.candidates.max(top);
         let mut hits = table.nearest_where(&vector, wanted, |i| {
-            garment.categories.contains(&items[i].metadata[category])
+            let value = items.get(i).metadata(category).unwrap_or_default();
+            garment.categories.iter().any(|c| c == value)
         })?;
         if let (true, Some(column)) = (settings.colour_first, colour_column) {
             // Stable: visual order within each group.
-            hits.sort_by_key(|h| items[h.index].metadata[column] != colour);
+            hits.sort_by_key(|h| items.get(h.index).metadata(column) != Some(colour));
         }
         hits.truncate(top);
         latency.search += ms(searched, Instant::now());

@@ -132,8 +132,17 @@ impl Recommender {
         &self.settings
     }
 
+    /// The query's similarity to item `index`, or `None` (logged) when its row cannot be read: the
+    /// item is left out of the candidates.
+    fn visual_score(table: &Table, query: &[f32], index: usize) -> Option<f32> {
+        table
+            .score(query, index)
+            .inspect_err(|err| tracing::warn!("{err:#}"))
+            .ok()
+    }
+
     fn value(table: &Table, index: usize, column: Option<usize>) -> Option<&str> {
-        column.and_then(|c| table.items()[index].metadata.get(c).map(String::as_str))
+        column.and_then(|c| table.item(index).metadata(c))
     }
 
     /// Whether item `index` passes the filters (gender, stock) for a scan of `anchor`.
@@ -181,11 +190,14 @@ impl Recommender {
                 match position.get(&index) {
                     Some(&i) => candidates[i].co_scan = scaled,
                     None => {
+                        let Some(visual) = Self::visual_score(table, query, index) else {
+                            continue;
+                        };
                         position.insert(index, candidates.len());
                         candidates.push(Candidate {
                             index,
                             source: Source::CoScan,
-                            visual: table.score(query, index),
+                            visual,
                             co_scan: scaled,
                             popularity: 0.0,
                             relevance: 0.0,
@@ -201,11 +213,14 @@ impl Recommender {
                 .take(top);
             for &index in popular {
                 if let std::collections::hash_map::Entry::Vacant(slot) = position.entry(index) {
+                    let Some(visual) = Self::visual_score(table, query, index) else {
+                        continue;
+                    };
                     slot.insert(candidates.len());
                     candidates.push(Candidate {
                         index,
                         source: Source::Popular,
-                        visual: table.score(query, index),
+                        visual,
                         co_scan: 0.0,
                         popularity: 0.0,
                         relevance: 0.0,
@@ -405,10 +420,18 @@ impl<'t> VectorCache<'t> {
         }
     }
 
+    /// The two items' cosine similarity; 0 (unrelated) for an item whose row cannot be read,
+    /// which is logged.
     fn similarity(&mut self, a: usize, b: usize) -> f32 {
         for i in [a, b] {
             if !self.vectors.contains_key(&i) {
-                self.vectors.insert(i, self.table.vector(i));
+                match self.table.vector(i) {
+                    Ok(vector) => self.vectors.insert(i, vector),
+                    Err(err) => {
+                        tracing::warn!("{err:#}");
+                        return 0.0;
+                    }
+                };
             }
         }
         dot(&self.vectors[&a], &self.vectors[&b])
@@ -466,7 +489,7 @@ mod tests {
     fn ids(table: &Table, ranked: &[Ranked]) -> Vec<String> {
         ranked
             .iter()
-            .map(|r| table.items()[r.index].id.clone())
+            .map(|r| table.item(r.index).id.to_string())
             .collect()
     }
 

@@ -276,7 +276,7 @@ pub fn build(
     options: Options,
     out: &Path,
 ) -> Result<Built> {
-    let known: HashSet<&str> = table.items().iter().map(|i| i.id.as_str()).collect();
+    let known: HashSet<&str> = table.items().iter().map(|i| i.id).collect();
     let gap = Duration::from_secs_f64(options.session_gap_secs);
     let newest = histories
         .iter()
@@ -421,7 +421,7 @@ pub fn next_scan_recall(
                     continue;
                 }
                 pairs += 1;
-                let query = table.vector(a);
+                let query = table.vector(a)?;
                 let visual_hits = table.nearest(&query, blend.candidates().max(k + 1), None)?;
                 let without_a = |list: Vec<usize>| -> Vec<usize> {
                     list.into_iter().filter(|&i| i != a).take(k).collect()
