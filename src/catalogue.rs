@@ -62,7 +62,7 @@ use crate::model::Fingerprint;
 use crate::prefilter::{self, Prefilter, SearchCounts};
 
 const MAGIC: &[u8; 8] = b"FKTABLE\0";
-/// The table format version this build writes (it reads this one and version 1).
+/// The table format version this build writes (it reads this one and versions 1 and 2).
 pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 128;
 const ALIGN: usize = 64;
