@@ -310,11 +310,12 @@ fn search(table: &Table, runs: usize, seed: u64, resident: Option<u64>) -> Resul
 /// Builds a table of `items` items: `table`'s, then jittered copies of them (noise of norm 0.5,
 /// seeded) with their labels; prints how long that took, and times searches in it.
 fn search_at_scale(table: &Table, items: usize, job: &BenchJob) -> Result<()> {
-    let mut builder = crate::catalogue::TableBuilder::new(
-        table.fingerprint(),
-        table.dim(),
-        table.columns().to_vec(),
-    );
+    let (fingerprint, dim, columns) = (table.fingerprint(), table.dim(), table.columns().to_vec());
+    let mut builder = if table.element() == crate::catalogue::Element::I8 {
+        crate::catalogue::TableBuilder::new_i8(fingerprint, dim, columns)
+    } else {
+        crate::catalogue::TableBuilder::new(fingerprint, dim, columns)
+    };
     let mut noise = Noise::seeded(0x51a7_e7c0, job.seed);
     for i in 0..items {
         let original = table.item(i % table.len());

@@ -112,7 +112,7 @@ impl Element {
 }
 
 /// One catalogue item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     pub id: String,
     /// The image file (relative to the catalogue folder) the vector was made from.
@@ -136,13 +136,81 @@ struct LoadedRecords {
     items: Items,
 }
 
+/// Vectors in an i8 table's form: per row an f32 scale and `dim` codes, value = code × scale.
+#[derive(Debug, Default)]
+pub struct I8Rows {
+    dim: usize,
+    scales: Vec<f32>,
+    codes: Vec<i8>,
+}
+
+impl I8Rows {
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            ..Self::default()
+        }
+    }
+
+    /// `vectors` (rows of `dim` values) in i8 form.
+    pub fn quantize(vectors: &[f32], dim: usize) -> Self {
+        let mut rows = Self::new(dim);
+        rows.scales.reserve(vectors.len() / dim.max(1));
+        rows.codes.reserve(vectors.len());
+        for row in vectors.chunks_exact(dim) {
+            rows.push_vector(row);
+        }
+        rows
+    }
+
+    /// Appends `vector` (`dim` values), quantised: the scale maps its largest magnitude to 127.
+    pub fn push_vector(&mut self, vector: &[f32]) {
+        let max = vector.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        self.scales.push(scale);
+        self.codes.extend(
+            vector
+                .iter()
+                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
+    }
+
+    /// Appends a row already in i8 form.
+    pub fn push_row(&mut self, scale: f32, codes: &[i8]) {
+        self.scales.push(scale);
+        self.codes.extend_from_slice(codes);
+    }
+
+    /// Row `index`'s scale and codes.
+    pub fn row(&self, index: usize) -> (f32, &[i8]) {
+        (
+            self.scales[index],
+            &self.codes[index * self.dim..(index + 1) * self.dim],
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.scales.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scales.is_empty()
+    }
+}
+
+/// How a builder holds its vectors: as given, or already in i8 form (a quarter of the memory).
+enum Stored {
+    F32(Vec<f32>),
+    I8(I8Rows),
+}
+
 /// A table being built in memory: items plus their (already L2-normalised) vectors.
 pub struct TableBuilder {
     pub fingerprint: Fingerprint,
     pub dim: usize,
     pub columns: Vec<String>,
     items: Vec<Item>,
-    vectors: Vec<f32>,
+    vectors: Stored,
     approximate_from: usize,
 }
 
@@ -153,8 +221,17 @@ impl TableBuilder {
             dim,
             columns,
             items: Vec::new(),
-            vectors: Vec::new(),
+            vectors: Stored::F32(Vec::new()),
             approximate_from: cells::DEFAULT_FROM,
+        }
+    }
+
+    /// A builder that quantises each vector as it is pushed and can write only an i8 table: the
+    /// same table as [`TableBuilder::new`]'s, in a quarter of the memory.
+    pub fn new_i8(fingerprint: Fingerprint, dim: usize, columns: Vec<String>) -> Self {
+        Self {
+            vectors: Stored::I8(I8Rows::new(dim)),
+            ..Self::new(fingerprint, dim, columns)
         }
     }
 
@@ -172,6 +249,36 @@ impl TableBuilder {
             vector.len(),
             self.dim
         );
+        self.check_metadata(&item)?;
+        self.items.push(item);
+        match &mut self.vectors {
+            Stored::F32(vectors) => vectors.extend_from_slice(vector),
+            Stored::I8(rows) => rows.push_vector(vector),
+        }
+        Ok(())
+    }
+
+    /// Adds an item whose vector is already in i8 form (row `index` of `rows`), to a builder made
+    /// by [`TableBuilder::new_i8`].
+    pub fn push_i8(&mut self, item: Item, rows: &I8Rows, index: usize) -> Result<()> {
+        ensure!(
+            rows.dim == self.dim,
+            "vector for item {} has {} values, the table holds {}",
+            item.id,
+            rows.dim,
+            self.dim
+        );
+        self.check_metadata(&item)?;
+        let Stored::I8(stored) = &mut self.vectors else {
+            bail!("a builder of f32 vectors was given an i8 row");
+        };
+        let (scale, codes) = rows.row(index);
+        stored.push_row(scale, codes);
+        self.items.push(item);
+        Ok(())
+    }
+
+    fn check_metadata(&self, item: &Item) -> Result<()> {
         ensure!(
             item.metadata.len() == self.columns.len(),
             "item {} has {} metadata values for {} columns",
@@ -179,8 +286,6 @@ impl TableBuilder {
             item.metadata.len(),
             self.columns.len()
         );
-        self.items.push(item);
-        self.vectors.extend_from_slice(vector);
         Ok(())
     }
 
@@ -218,7 +323,14 @@ impl TableBuilder {
         } else {
             0
         };
-        let (vectors, checked) = encode_vectors(&self.vectors, self.dim, element, cells);
+        let (vectors, checked) = match (&self.vectors, element) {
+            (Stored::I8(rows), Element::I8) => encode_i8(rows, cells),
+            (Stored::I8(_), _) => bail!(
+                "this builder holds i8 vectors and cannot write {} ones",
+                element.name()
+            ),
+            (Stored::F32(vectors), _) => encode_vectors(vectors, self.dim, element, cells),
+        };
         let records_offset = HEADER_LEN;
         let vectors_offset = align(records_offset + records.len());
         let mut out = vec![0u8; vectors_offset];
@@ -254,26 +366,15 @@ fn encode_vectors(vectors: &[f32], dim: usize, element: Element, cells: usize) -
             .iter()
             .flat_map(|v| f16::from_f32(*v).to_le_bytes())
             .collect(),
-        Element::I8 => return encode_i8(vectors, dim, cells),
+        Element::I8 => return encode_i8(&I8Rows::quantize(vectors, dim), cells),
     };
     let len = bytes.len();
     (bytes, len)
 }
 
-fn encode_i8(vectors: &[f32], dim: usize, cells: usize) -> (Vec<u8>, usize) {
-    let count = vectors.len() / dim.max(1);
+fn encode_i8(rows: &I8Rows, cells: usize) -> (Vec<u8>, usize) {
+    let (dim, count, scales, codes) = (rows.dim, rows.len(), &rows.scales, &rows.codes);
     let layout = I8Layout::of(count, dim, FORMAT_VERSION, cells).expect("the table fits in memory");
-    let mut scales = Vec::with_capacity(count);
-    let mut codes = Vec::with_capacity(vectors.len());
-    for row in vectors.chunks_exact(dim) {
-        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-        scales.push(scale);
-        codes.extend(
-            row.iter()
-                .map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8),
-        );
-    }
     let first_stage = prefilter::build(count, dim, |index, out| {
         let row = &codes[index * dim..(index + 1) * dim];
         for (o, c) in out.iter_mut().zip(row) {
@@ -1450,6 +1551,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_builder_that_quantises_on_push_writes_the_same_i8_table_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors: Vec<Vec<f32>> = (0..40)
+            .map(|i| unit(&[i as f32, 1.0, -0.5 * i as f32, 3.0]))
+            .collect();
+        let mut plain = TableBuilder::new(Fingerprint([7; 32]), 4, vec!["n".into()]);
+        let mut early = TableBuilder::new_i8(Fingerprint([7; 32]), 4, vec!["n".into()]);
+        let mut from_rows = TableBuilder::new_i8(Fingerprint([7; 32]), 4, vec!["n".into()]);
+        let flat: Vec<f32> = vectors.concat();
+        let rows = I8Rows::quantize(&flat, 4);
+        for (i, vector) in vectors.iter().enumerate() {
+            let n = i.to_string();
+            plain.push(item(&n, &[n.as_str()]), vector).unwrap();
+            early.push(item(&n, &[n.as_str()]), vector).unwrap();
+            from_rows
+                .push_i8(item(&n, &[n.as_str()]), &rows, i)
+                .unwrap();
+        }
+        let write = |builder: &TableBuilder, name: &str| {
+            let path = dir.path().join(name);
+            builder.write(&path, Element::I8).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let expected = write(&plain, "plain.fkt");
+        assert!(write(&early, "early.fkt") == expected);
+        assert!(write(&from_rows, "rows.fkt") == expected);
+        let err = early
+            .write(&dir.path().join("f32.fkt"), Element::F32)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("cannot write f32"), "{err:#}");
+        assert!(plain.push_i8(item("x", &["x"]), &rows, 0).is_err());
     }
 
     #[test]

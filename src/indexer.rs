@@ -268,7 +268,11 @@ pub fn index(embedder: &Embedder, job: &IndexJob) -> Result<IndexReport> {
         return Ok(report);
     }
 
-    let mut builder = TableBuilder::new(embedder.fingerprint(), embedder.dim(), columns);
+    let mut builder = if job.element == Element::I8 {
+        TableBuilder::new_i8(embedder.fingerprint(), embedder.dim(), columns)
+    } else {
+        TableBuilder::new(embedder.fingerprint(), embedder.dim(), columns)
+    };
     let mut seen = HashSet::new();
     for done in results.into_iter().flatten() {
         if !seen.insert(done.item.id.clone()) {

@@ -1,13 +1,14 @@
 //! Joining the part files of a sharded catalogue build into one table: every part from the same
 //! model, every shard there once, every id once; the items in the folder listing's order, so
-//! the table equals what `index` makes of the whole folder on one machine.
+//! the table equals what `index` makes of the whole folder on one machine. For an i8 table each
+//! part's vectors are quantised as it is read, so only one part is ever held in f32.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Result};
 
-use crate::catalogue::{Element, Item, Table, TableBuilder};
+use crate::catalogue::{Element, I8Rows, Item, Table, TableBuilder};
 use crate::indexer::Shrink;
 use crate::part::{Part, Skipped};
 use crate::preprocess;
@@ -51,11 +52,17 @@ const LISTED: usize = 5;
 /// Merges `job.parts` into the table `job.out` (written atomically; left unchanged on any error).
 pub fn merge(job: &MergeJob) -> Result<MergeReport> {
     ensure!(!job.parts.is_empty(), "no part files given");
-    let parts: Vec<Part> = job
-        .parts
-        .iter()
-        .map(|path| Part::read(path))
-        .collect::<Result<_>>()?;
+    let mut parts: Vec<Part> = Vec::with_capacity(job.parts.len());
+    // For an i8 table: each part's vectors in i8 form, its f32 ones freed as soon as it is read.
+    let mut quantized: Vec<I8Rows> = Vec::new();
+    for path in job.parts {
+        let mut part = Part::read(path)?;
+        if job.element == Element::I8 {
+            quantized.push(I8Rows::quantize(&part.vectors, part.dim));
+            part.vectors = Vec::new();
+        }
+        parts.push(part);
+    }
     let first = &parts[0];
     for (part, path) in parts.iter().zip(job.parts).skip(1) {
         let differs = if part.fingerprint != first.fingerprint {
@@ -89,26 +96,24 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
         }
     }
     check_shards(&parts, job.parts)?;
-    let mut rows: Vec<(&Item, &[f32])> = parts
+    // (part, row) of every item, in the folder listing's order.
+    let mut order: Vec<(usize, usize)> = parts
         .iter()
-        .flat_map(|part| {
-            part.items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| (item, part.vector(i)))
-        })
+        .enumerate()
+        .flat_map(|(p, part)| (0..part.items.len()).map(move |r| (p, r)))
         .collect();
-    check_ids(&rows)?;
-    rows.sort_by(|a, b| preprocess::natural_order(&a.0.source, &b.0.source));
+    let item = |(p, r): (usize, usize)| &parts[p].items[r];
+    check_ids(order.iter().map(|&at| item(at)))?;
+    order.sort_by(|&a, &b| preprocess::natural_order(&item(a).source, &item(b).source));
     ensure!(
-        !rows.is_empty(),
+        !order.is_empty(),
         "the parts hold no items: {} left unchanged",
         job.out.display()
     );
     let skipped: Vec<Skipped> = parts.iter().flat_map(|p| p.skipped.clone()).collect();
     if !job.allow_shrink {
         if let Ok(existing) = Table::load(job.out) {
-            let kept: HashSet<&str> = rows.iter().map(|(item, _)| item.id.as_str()).collect();
+            let kept: HashSet<&str> = order.iter().map(|&at| item(at).id.as_str()).collect();
             Shrink {
                 old_items: existing.len(),
                 lost: existing
@@ -118,22 +123,32 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
                     .map(|item| item.id.to_string())
                     .collect(),
                 unreadable: skipped.len(),
-                images: rows.len() + skipped.len(),
+                images: order.len() + skipped.len(),
             }
             .check(job.out, "the parts")?;
         }
     }
-    let mut builder = TableBuilder::new(first.fingerprint, first.dim, first.columns.clone());
-    for (item, vector) in &rows {
-        builder.push((*item).clone(), vector)?;
+    let (fingerprint, dim, columns) = (first.fingerprint, first.dim, first.columns.clone());
+    let mut builder = if job.element == Element::I8 {
+        TableBuilder::new_i8(fingerprint, dim, columns)
+    } else {
+        TableBuilder::new(fingerprint, dim, columns)
+    };
+    for &(p, r) in &order {
+        // Moved, not copied: the parts' items are not needed again.
+        let item = std::mem::take(&mut parts[p].items[r]);
+        match quantized.get(p) {
+            Some(rows) => builder.push_i8(item, rows, r)?,
+            None => builder.push(item, parts[p].vector(r))?,
+        }
     }
     let report = MergeReport {
         parts: parts.len(),
-        items: rows.len(),
+        items: order.len(),
         skipped,
     };
-    // The parts' vectors are in the builder now: freed before encoding doubles them again.
-    drop(rows);
+    // The parts' vectors are in the builder now: freed before encoding adds the table's bytes.
+    drop(quantized);
     drop(parts);
     builder.approximate_from(job.approximate_from);
     builder.write(job.out, job.element)?;
@@ -170,9 +185,9 @@ fn check_shards(parts: &[Part], paths: &[PathBuf]) -> Result<()> {
 }
 
 /// Every id once across the parts; the error lists duplicates with their image files.
-fn check_ids(rows: &[(&Item, &[f32])]) -> Result<()> {
+fn check_ids<'a>(items: impl Iterator<Item = &'a Item>) -> Result<()> {
     let mut sources: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (item, _) in rows {
+    for item in items {
         sources
             .entry(item.id.as_str())
             .or_default()
