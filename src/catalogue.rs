@@ -381,30 +381,21 @@ fn encode_i8(rows: &I8Rows, cells: usize) -> (Vec<u8>, usize) {
             *o = f32::from(*c) * scales[index];
         }
     });
+    let checksums: Vec<u32> = codes
+        .chunks_exact(dim)
+        .map(|row| crc32fast::hash(bytemuck::cast_slice(row)))
+        .collect();
+    // Each part as its bytes (this build is little-endian, as tables are) at its aligned offset.
     let mut out = Vec::with_capacity(layout.end);
-    let mut put = |at: usize, bytes: &mut dyn Iterator<Item = u8>| {
+    let mut put = |at: usize, bytes: &[u8]| {
         out.resize(at, 0);
-        out.extend(bytes);
+        out.extend_from_slice(bytes);
     };
-    put(0, &mut scales.iter().flat_map(|v| v.to_le_bytes()));
-    put(
-        layout.basis,
-        &mut first_stage.basis.iter().flat_map(|v| v.to_le_bytes()),
-    );
-    put(
-        layout.terms,
-        &mut first_stage.terms.iter().flat_map(|v| v.to_le_bytes()),
-    );
-    put(
-        layout.codes,
-        &mut first_stage.codes.iter().map(|c| *c as u8),
-    );
-    put(
-        layout.row_checksums,
-        &mut codes
-            .chunks_exact(dim)
-            .flat_map(|row| crc32fast::hash(bytemuck::cast_slice(row)).to_le_bytes()),
-    );
+    put(0, bytemuck::cast_slice(scales));
+    put(layout.basis, bytemuck::cast_slice(&first_stage.basis));
+    put(layout.terms, bytemuck::cast_slice(&first_stage.terms));
+    put(layout.codes, bytemuck::cast_slice(&first_stage.codes));
+    put(layout.row_checksums, bytemuck::cast_slice(&checksums));
     if cells > 0 {
         let started = std::time::Instant::now();
         let built = cells::build(&first_stage.view(), cells);
@@ -413,29 +404,17 @@ fn encode_i8(rows: &I8Rows, cells: usize) -> (Vec<u8>, usize) {
             built.offsets.len() - 1,
             started.elapsed().as_secs_f64()
         );
-        put(
-            layout.centroids,
-            &mut built.centroids.iter().flat_map(|v| v.to_le_bytes()),
-        );
-        put(
-            layout.offsets,
-            &mut built.offsets.iter().flat_map(|v| v.to_le_bytes()),
-        );
-        put(
-            layout.members,
-            &mut built.members.iter().flat_map(|v| v.to_le_bytes()),
-        );
+        put(layout.centroids, bytemuck::cast_slice(&built.centroids));
+        put(layout.offsets, bytemuck::cast_slice(&built.offsets));
+        put(layout.members, bytemuck::cast_slice(&built.members));
         put(
             layout.short_scales,
-            &mut built.short_scales.iter().flat_map(|v| v.to_le_bytes()),
+            bytemuck::cast_slice(&built.short_scales),
         );
-        put(
-            layout.short_codes,
-            &mut built.short_codes.iter().map(|c| *c as u8),
-        );
+        put(layout.short_codes, bytemuck::cast_slice(&built.short_codes));
     }
     drop(first_stage);
-    put(layout.rows, &mut codes.iter().map(|c| *c as u8));
+    put(layout.rows, bytemuck::cast_slice(codes));
     debug_assert_eq!(out.len(), layout.end);
     (out, layout.rows)
 }

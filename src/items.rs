@@ -79,19 +79,10 @@ impl Items {
 
     /// Item `index`. Panics if there is no such item, as slice indexing does.
     pub fn get(&self, index: usize) -> ItemRef<'_> {
-        let field = |n: usize| {
-            let at = index * 3 + n;
-            let start = if at == 0 {
-                0
-            } else {
-                self.ends[at - 1] as usize
-            };
-            &self.text[start..self.ends[at] as usize]
-        };
         ItemRef {
-            id: field(0),
-            source: field(1),
-            digest: field(2),
+            id: nth(&self.text, &self.ends, index * 3),
+            source: nth(&self.text, &self.ends, index * 3 + 1),
+            digest: nth(&self.text, &self.ends, index * 3 + 2),
             items: self,
             index,
         }
@@ -102,13 +93,14 @@ impl Items {
     }
 
     fn value(&self, value: usize) -> &str {
-        let start = if value == 0 {
-            0
-        } else {
-            self.dictionary_ends[value - 1] as usize
-        };
-        &self.dictionary[start..self.dictionary_ends[value] as usize]
+        nth(&self.dictionary, &self.dictionary_ends, value)
     }
+}
+
+/// String `n` of `text`, which holds strings back to back, each ending where `ends` says.
+fn nth<'a>(text: &'a str, ends: &[u32], n: usize) -> &'a str {
+    let start = if n == 0 { 0 } else { ends[n - 1] as usize };
+    &text[start..ends[n] as usize]
 }
 
 /// Builds [`Items`] one item at a time.
