@@ -118,9 +118,20 @@ fn home_assistant_discovery_is_published_retained_when_asked() {
         3,
     );
     let broker = Broker::start(kiosk.dir.path(), port, &BrokerOptions::default());
+    let watcher = Subscriber::start(port);
     let mut uplink = kiosk.start_uplink();
-    uplink.wait_for_journal("connected to");
-    // A Home Assistant that starts later finds the kiosk's entities.
+    // Wait until the broker holds all four (a subscriber already there sees them live, without
+    // the retain flag), so the check below does not race the uplink's publishing.
+    watcher.wait_for("4 discovery messages published", |s| {
+        s.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.topic.starts_with("test/ha/"))
+            .count()
+            >= 4
+    });
+    // A Home Assistant that starts later finds the kiosk's entities, retained.
     let home_assistant = Subscriber::named(port, "home-assistant");
     home_assistant.wait_for("4 discovery messages", |s| {
         s.messages
