@@ -444,7 +444,7 @@ pub fn optimise(bytes: &[u8], input: &InputSpec) -> Result<(TypedModel, Vec<usiz
     let shape = [1usize, 3, input.height as usize, input.width as usize];
     let onnx = tract_onnx::onnx();
     let mut proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(bytes))?;
-    fold_f16_weight_casts(&mut proto);
+    fold_weight_conversions(&mut proto);
     let model = onnx
         .model_for_proto_model(&proto)?
         .with_input_fact(0, f32::fact(shape).into())?
@@ -463,57 +463,32 @@ pub fn optimise(bytes: &[u8], input: &InputSpec) -> Result<(TypedModel, Vec<usiz
     Ok((model, output))
 }
 
-/// Replaces each `Cast` to f32 of an f16 weight (how our models store weights at half the size)
-/// by the weight already in f32. tract would otherwise convert such a weight at every run and
-/// several times while optimising (~0.9 G instructions of a Pi 5's start-up, 8% of an int8
-/// embedding). The conversion is exact, so the network computes the same. Returns how many.
-fn fold_f16_weight_casts(proto: &mut tract_onnx::pb::ModelProto) -> usize {
-    const FLOAT: i32 = 1;
-    const FLOAT16: i32 = 10;
+/// Replaces each conversion of a stored weight to f32 by the weight already in f32: a `Cast` of
+/// an f16 weight (how our models store weights at half the size) and a `DequantizeLinear` of an
+/// int8 weight with one scale and zero point (how the emulated int8 model stores its convolution
+/// weights). tract would otherwise convert such a weight at every run and several times while
+/// optimising (~0.9 G instructions of a Pi 5's start-up, 8% of an int8 embedding). Both
+/// conversions are exact, as tract computes them, so the network computes the same. Returns how
+/// many.
+fn fold_weight_conversions(proto: &mut tract_onnx::pb::ModelProto) -> usize {
     let Some(graph) = proto.graph.as_mut() else {
         return 0;
     };
     let mut folded = Vec::new();
+    let mut sources = std::collections::HashSet::new();
     for (position, node) in graph.node.iter().enumerate() {
-        let to_f32 = node
-            .attribute
-            .iter()
-            .any(|a| a.name == "to" && a.i == i64::from(FLOAT));
-        if node.op_type != "Cast" || !to_f32 || node.input.len() != 1 || node.output.len() != 1 {
-            continue;
-        }
-        let Some(weight) = graph
-            .initializer
-            .iter()
-            .find(|t| t.name == node.input[0] && t.data_type == FLOAT16)
-        else {
+        let Some(values) = weight_in_f32(node, &graph.initializer) else {
             continue;
         };
-        // f16 values travel as raw little-endian bytes, or one per int32 (ONNX's rule).
-        let halves: Vec<u16> = if weight.raw_data.is_empty() {
-            weight.int32_data.iter().map(|v| *v as u16).collect()
-        } else {
-            weight
-                .raw_data
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect()
-        };
-        let values: i64 = weight.dims.iter().product();
-        if i64::try_from(halves.len()) != Ok(values) {
-            continue;
-        }
-        let raw_data = halves
-            .iter()
-            .flat_map(|h| half::f16::from_bits(*h).to_f32().to_le_bytes())
-            .collect();
+        sources.insert(node.input[0].clone());
+        let weight = initializer(&graph.initializer, &node.input[0]).expect("read above");
         folded.push((
             position,
             tract_onnx::pb::TensorProto {
                 name: node.output[0].clone(),
                 dims: weight.dims.clone(),
-                data_type: FLOAT,
-                raw_data,
+                data_type: onnx_type::FLOAT,
+                raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 ..Default::default()
             },
         ));
@@ -525,20 +500,112 @@ fn fold_f16_weight_casts(proto: &mut tract_onnx::pb::ModelProto) -> usize {
     graph
         .initializer
         .extend(folded.into_iter().map(|(_, weight)| weight));
-    // The f16 originals that nothing reads any more.
+    // The stored originals that nothing reads any more.
     let read: std::collections::HashSet<&str> = graph
         .node
         .iter()
         .flat_map(|n| n.input.iter().map(String::as_str))
         .collect();
-    let unread: std::collections::HashSet<String> = graph
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == FLOAT16 && !read.contains(t.name.as_str()))
-        .map(|t| t.name.clone())
+    let unread: std::collections::HashSet<String> = sources
+        .into_iter()
+        .filter(|name| !read.contains(name.as_str()))
         .collect();
     graph.initializer.retain(|t| !unread.contains(&t.name));
     count
+}
+
+/// ONNX's element types that [`fold_weight_conversions`] reads.
+mod onnx_type {
+    pub const FLOAT: i32 = 1;
+    pub const INT8: i32 = 3;
+    pub const FLOAT16: i32 = 10;
+}
+
+fn initializer<'a>(
+    initializers: &'a [tract_onnx::pb::TensorProto],
+    name: &str,
+) -> Option<&'a tract_onnx::pb::TensorProto> {
+    initializers.iter().find(|t| t.name == name)
+}
+
+/// The f32 values of the weight `node` converts to f32, where it is a conversion of a stored
+/// weight that [`fold_weight_conversions`] folds; `None` for any other node.
+fn weight_in_f32(
+    node: &tract_onnx::pb::NodeProto,
+    initializers: &[tract_onnx::pb::TensorProto],
+) -> Option<Vec<f32>> {
+    if node.output.len() != 1 || node.input.is_empty() {
+        return None;
+    }
+    let weight = initializer(initializers, &node.input[0])?;
+    let values: Vec<f32> = match node.op_type.as_str() {
+        "Cast" => {
+            let to_f32 = node
+                .attribute
+                .iter()
+                .any(|a| a.name == "to" && a.i == i64::from(onnx_type::FLOAT));
+            if !to_f32 || node.input.len() != 1 || weight.data_type != onnx_type::FLOAT16 {
+                return None;
+            }
+            // f16 values travel as raw little-endian bytes, or one per int32 (ONNX's rule).
+            let halves: Vec<u16> = if weight.raw_data.is_empty() {
+                weight.int32_data.iter().map(|v| *v as u16).collect()
+            } else {
+                weight
+                    .raw_data
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect()
+            };
+            halves
+                .iter()
+                .map(|h| half::f16::from_bits(*h).to_f32())
+                .collect()
+        }
+        "DequantizeLinear" => {
+            let [_, scale, zero_point] = node.input.as_slice() else {
+                return None;
+            };
+            let (scale, zero_point) = (
+                initializer(initializers, scale)?,
+                initializer(initializers, zero_point)?,
+            );
+            let per_tensor = |t: &tract_onnx::pb::TensorProto| t.dims.iter().product::<i64>() == 1;
+            let has_axis = node.attribute.iter().any(|a| a.name == "axis");
+            if weight.data_type != onnx_type::INT8
+                || scale.data_type != onnx_type::FLOAT
+                || zero_point.data_type != onnx_type::INT8
+                || !per_tensor(scale)
+                || !per_tensor(zero_point)
+                || has_axis
+            {
+                return None;
+            }
+            let scale = match (scale.raw_data.as_slice(), scale.float_data.as_slice()) {
+                (&[a, b, c, d], _) => f32::from_le_bytes([a, b, c, d]),
+                ([], &[value]) => value,
+                _ => return None,
+            };
+            let zero_point = *int8_values(zero_point).first()?;
+            // As tract and the ONNX standard compute it: (q - zero point) × scale in f32.
+            int8_values(weight)
+                .iter()
+                .map(|q| (i32::from(*q) - i32::from(zero_point)) as f32 * scale)
+                .collect()
+        }
+        _ => return None,
+    };
+    let count: i64 = weight.dims.iter().product();
+    (i64::try_from(values.len()) == Ok(count)).then_some(values)
+}
+
+/// An int8 tensor's values: raw bytes, or one per int32 (ONNX's rule).
+fn int8_values(tensor: &tract_onnx::pb::TensorProto) -> Vec<i8> {
+    if tensor.raw_data.is_empty() {
+        tensor.int32_data.iter().map(|v| *v as i8).collect()
+    } else {
+        tensor.raw_data.iter().map(|b| *b as i8).collect()
+    }
 }
 
 /// `input` ready to be written: tract may still hold the previous run's tensor, and then a
@@ -648,11 +715,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bundled_models_f16_weight_casts_are_folded_into_f32_weights() {
+    fn the_bundled_models_weight_conversions_are_folded_into_f32_weights() {
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-        for (file, casts) in [
+        // Each model's two head weights are f16 casts; the emulated twin also dequantises the
+        // int8 weights of its 53 convolutions.
+        for (file, conversions) in [
             ("fashion-resnet50-int8.onnx", 2),
             ("fashion-resnet50-fp32.onnx", 2),
+            ("fashion-resnet50-int8-emulated.onnx", 55),
         ] {
             let bytes = std::fs::read(models.join(file)).unwrap();
             let onnx = tract_onnx::onnx();
@@ -660,20 +730,94 @@ mod tests {
                 .proto_model_for_read(&mut std::io::Cursor::new(&bytes))
                 .unwrap();
             let before = proto.graph.as_ref().unwrap().node.len();
-            let folded = fold_f16_weight_casts(&mut proto);
+            let folded = fold_weight_conversions(&mut proto);
             let graph = proto.graph.as_ref().unwrap();
-            assert!(folded >= casts, "{file}: {folded} casts folded");
+            assert!(folded >= conversions, "{file}: {folded} conversions folded");
             assert_eq!(graph.node.len(), before - folded, "{file}");
             assert!(
-                graph.node.iter().all(|n| n.op_type != "Cast"
-                    || !graph.initializer.iter().any(|t| t.name == n.input[0])),
-                "{file}: a weight is still cast at run time"
+                graph.node.iter().all(|n| !matches!(
+                    n.op_type.as_str(),
+                    "Cast" | "DequantizeLinear"
+                ) || !graph
+                    .initializer
+                    .iter()
+                    .any(|t| t.name == n.input[0])),
+                "{file}: a weight is still converted at run time"
             );
             assert!(
-                graph.initializer.iter().all(|t| t.data_type != 10),
+                graph
+                    .initializer
+                    .iter()
+                    .all(|t| t.data_type != onnx_type::FLOAT16),
                 "{file}"
             );
         }
+    }
+
+    #[test]
+    fn a_folded_int8_weight_is_the_dequantised_value() {
+        use tract_onnx::pb::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+        let tensor = |name: &str, data_type, dims: Vec<i64>, raw_data: Vec<u8>| TensorProto {
+            name: name.into(),
+            data_type,
+            dims,
+            raw_data,
+            ..Default::default()
+        };
+        let weights = [-128i8, -3, 0, 5, 127];
+        let model = |attribute: Vec<AttributeProto>| ModelProto {
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    op_type: "DequantizeLinear".into(),
+                    input: vec!["w".into(), "s".into(), "z".into()],
+                    output: vec!["w_f32".into()],
+                    attribute,
+                    ..Default::default()
+                }],
+                initializer: vec![
+                    tensor(
+                        "w",
+                        onnx_type::INT8,
+                        vec![5],
+                        weights.iter().map(|w| *w as u8).collect(),
+                    ),
+                    tensor(
+                        "s",
+                        onnx_type::FLOAT,
+                        vec![],
+                        0.25f32.to_le_bytes().to_vec(),
+                    ),
+                    tensor("z", onnx_type::INT8, vec![], vec![(-2i8) as u8]),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut proto = model(vec![]);
+        assert_eq!(fold_weight_conversions(&mut proto), 1);
+        let graph = proto.graph.as_ref().unwrap();
+        assert!(graph.node.is_empty());
+        let folded = graph
+            .initializer
+            .iter()
+            .find(|t| t.name == "w_f32")
+            .unwrap();
+        let values: Vec<f32> = folded
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, [-31.5, -0.25, 0.5, 1.75, 32.25]);
+        assert!(!graph.initializer.iter().any(|t| t.name == "w"));
+
+        // A dequantisation along an axis (per-channel scales) is left to tract.
+        let mut per_channel = model(vec![AttributeProto {
+            name: "axis".into(),
+            i: 0,
+            ..Default::default()
+        }]);
+        assert_eq!(fold_weight_conversions(&mut per_channel), 0);
+        assert_eq!(per_channel.graph.unwrap().node.len(), 1);
     }
 
     #[test]
