@@ -9,6 +9,7 @@ torchvision's weights can be downloaded.
     python models/build_models.py build --weights imagenet    # torchvision ImageNet weights
     python models/build_models.py build --weights random      # random weights (tests of this tool)
     python models/build_models.py variants --out /tmp/variants  # every int8 form tried, for benchmarking
+    python models/build_models.py twin                        # int8 model's emulated fp32 twin (after `build` too)
     python models/build_models.py fixtures                    # onnxruntime reference embeddings for tests
 """
 
@@ -258,6 +259,85 @@ def rewrite_microsoft_ops(path: Path) -> None:
     onnx.save(model, str(path))
 
 
+def emulate_int8(int8: Path, out: Path) -> dict:
+    """The int8 network in fp32 arithmetic: the same weights (stored int8, dequantised at load) and
+    the same activation grid, so it gives the int8 model's embeddings with tract's fp32 kernels
+    (faster than its int8 ones on x86 and on a Pi 4's Cortex-A72).
+
+    Each QLinearConv becomes a Conv of the dequantised input with the dequantised weights and bias,
+    then the fake quantisation of its output; each QuantizeLinear becomes that fake quantisation;
+    each DequantizeLinear of an activation goes (the tensors carry dequantised values throughout).
+    Fake quantisation on scale s and zero point z is clip(x / s, -z, 255 - z), rounded half to even
+    by adding and taking away 1.5 * 2^23 (exact below 2^22; ONNX Round costs tract a scalar pass),
+    times s: the dequantised u8 value quantisation would give."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(int8))
+    graph = model.graph
+    stored = {t.name: t for t in graph.initializer}
+
+    def value(name):
+        return numpy_helper.to_array(stored[name])
+
+    nodes, constants = [], []
+
+    def constant(name, array):
+        constants.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        return name
+
+    def fake_quantise(x, scale, zero_point, out_name, tag):
+        if value(zero_point).dtype != np.uint8:
+            sys.exit(f"{int8}: {zero_point} is not a u8 zero point; only u8 activations are emulated")
+        s, z = float(value(scale)), int(value(zero_point))
+        nodes.extend([
+            helper.make_node("Div", [x, constant(f"{tag}_scale", s)], [f"{tag}_scaled"]),
+            helper.make_node("Clip", [f"{tag}_scaled", constant(f"{tag}_low", -z), constant(f"{tag}_high", 255 - z)],
+                             [f"{tag}_clipped"]),
+            helper.make_node("Add", [f"{tag}_clipped", constant(f"{tag}_shift", 1.5 * 2**23)], [f"{tag}_shifted"]),
+            helper.make_node("Sub", [f"{tag}_shifted", f"{tag}_shift"], [f"{tag}_rounded"]),
+            helper.make_node("Mul", [f"{tag}_rounded", f"{tag}_scale"], [out_name]),
+        ])
+
+    converted = {"QLinearConv": 0, "QuantizeLinear": 0, "DequantizeLinear": 0}
+    for position, node in enumerate(graph.node):
+        tag = f"emulated{position}"
+        if node.op_type == "QuantizeLinear":
+            fake_quantise(node.input[0], node.input[1], node.input[2], node.output[0], tag)
+        elif node.op_type == "DequantizeLinear":
+            nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]]))
+        elif node.op_type == "QLinearConv":
+            x, x_scale, _, w, w_scale, w_zero_point, y_scale, y_zero_point = node.input[:8]
+            if value(w_scale).size != 1 or int(value(w_zero_point)) != 0:
+                sys.exit(f"{int8}: {node.name} has per-channel or asymmetric weights; not emulated")
+            nodes.append(helper.make_node("DequantizeLinear", [w, w_scale, w_zero_point], [f"{tag}_weight"]))
+            inputs = [x, f"{tag}_weight"]
+            if len(node.input) > 8 and node.input[8]:
+                bias = value(node.input[8]).astype(np.float64) * float(value(x_scale)) * float(value(w_scale))
+                inputs.append(constant(f"{tag}_bias", bias))
+            attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            nodes.append(helper.make_node("Conv", inputs, [f"{tag}_sum"], name=node.name, **attributes))
+            fake_quantise(f"{tag}_sum", y_scale, y_zero_point, node.output[0], tag)
+        elif node.domain not in ("", "ai.onnx"):
+            sys.exit(f"{int8}: no emulation of {node.domain}.{node.op_type}")
+        else:
+            nodes.append(node)
+            continue
+        converted[node.op_type] += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(constants)
+    read = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.value_info[:]  # the quantised tensors are f32 now
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return {"emulates": {"model": int8.name, "sha256": sha256(int8)}, "converted": converted,
+            "weights_storage": "int8 with one scale each, dequantised at load; computes in fp32"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Manifest
 
@@ -305,7 +385,7 @@ def save_manifest(model: Path, manifest: dict) -> Path:
 
 
 def pair_twins(first: Path, second: Path) -> None:
-    """Names each model as the other's `twin` in its manifest: the same network in another
+    """Names each model as the other's `twin` in its manifest: the same network computed in another
     precision, whose tables it reads (the kiosk runs whichever is faster on its CPU)."""
     for model, twin in ((first, second), (second, first)):
         path = model.with_suffix(".manifest.json")
@@ -346,8 +426,24 @@ def cmd_build(args) -> None:
     import onnxruntime
 
     write_manifest(int8, "int8", {**provenance, "quantisation": quant, "onnxruntime": onnxruntime.__version__})
-    pair_twins(int8, fp32)
-    print(f"wrote {fp32} and {int8} with manifests")
+    emulated = write_emulated_twin(int8)
+    print(f"wrote {fp32}, {int8} and {emulated} with manifests")
+
+
+def write_emulated_twin(int8: Path) -> Path:
+    """Writes PREFIX-resnet50-int8-emulated.onnx beside an int8 model that has its manifest (the
+    int8 network in fp32 arithmetic, `emulate_int8`), with its manifest, and pairs them as twins."""
+    emulated = int8.with_name(int8.stem + "-emulated.onnx")
+    emulation = emulate_int8(int8, emulated)
+    provenance = json.loads(int8.with_suffix(".manifest.json").read_text())["provenance"]
+    write_manifest(emulated, "fp32", {**provenance, "emulation": emulation})
+    pair_twins(int8, emulated)
+    return emulated
+
+
+def cmd_twin(args) -> None:
+    emulated = write_emulated_twin(Path(args.int8))
+    print(f"wrote {emulated} and its manifest; it and {args.int8} name each other as twins")
 
 
 def cmd_variants(args) -> None:
@@ -386,7 +482,8 @@ def cmd_fixtures(args) -> None:
         session = onnxruntime.InferenceSession(str(Path(manifest_path).parent / manifest["model_file"]),
                                                providers=["CPUExecutionProvider"])
         vectors = [session.run(None, {INPUT_NAME: preprocess(p)})[0].reshape(-1) for p in chosen]
-        fixture["embeddings"][manifest["precision"]] = {
+        form = "emulated" if "emulation" in manifest["provenance"] else manifest["precision"]
+        fixture["embeddings"][form] = {
             "model_sha256": manifest["sha256"],
             "vectors": [[float(f"{v:.6g}") for v in vec] for vec in vectors],
         }
@@ -417,12 +514,17 @@ def main() -> None:
     variants.add_argument("--out", required=True)
     variants.set_defaults(func=cmd_variants)
 
+    twin = sub.add_parser("twin", help="write an int8 model's emulated fp32 twin beside it")
+    twin.add_argument("--int8", default=str(HERE / "fashion-resnet50-int8.onnx"))
+    twin.set_defaults(func=cmd_twin)
+
     fixtures = sub.add_parser("fixtures", help="onnxruntime reference embeddings for the Rust parity test")
     fixtures.add_argument("--images", default=str(REPO / "demo" / "catalogue"))
     fixtures.add_argument("--labels", default=str(REPO / "demo" / "labels.csv"))
     fixtures.add_argument("--count", type=int, default=12)
     fixtures.add_argument("--manifests", nargs="+", default=[str(HERE / "fashion-resnet50-int8.manifest.json"),
-                                                             str(HERE / "fashion-resnet50-fp32.manifest.json")])
+                                                             str(HERE / "fashion-resnet50-fp32.manifest.json"),
+                                                             str(HERE / "fashion-resnet50-int8-emulated.manifest.json")])
     fixtures.add_argument("--out", default=str(REPO / "tests" / "fixtures" / "parity.json"))
     fixtures.set_defaults(func=cmd_fixtures)
 

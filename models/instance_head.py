@@ -349,7 +349,8 @@ def cmd_export(args) -> None:
         old = json.loads(source.with_suffix(".manifest.json").read_text())
         manifest = bm.write_manifest(target, precision, {**old["provenance"], "instance_head": summary})
         print(f"wrote {target} and {manifest}")
-    bm.pair_twins(args.out / f"{args.prefix}-resnet50-int8.onnx", args.out / f"{args.prefix}-resnet50-fp32.onnx")
+    emulated = bm.write_emulated_twin(args.out / f"{args.prefix}-resnet50-int8.onnx")
+    print(f"wrote {emulated}, the int8 model's twin")
 
 
 def main() -> None:

@@ -17,8 +17,9 @@ import build_models  # noqa: E402
 
 
 def test_manifests_describe_their_models(random_build):
-    for precision in ("fp32", "int8"):
-        manifest = json.loads((random_build / f"random-resnet50-{precision}.manifest.json").read_text())
+    twins = {"int8": "int8-emulated", "int8-emulated": "int8", "fp32": None}
+    for form, precision in (("fp32", "fp32"), ("int8", "int8"), ("int8-emulated", "fp32")):
+        manifest = json.loads((random_build / f"random-resnet50-{form}.manifest.json").read_text())
         model = random_build / manifest["model_file"]
         assert manifest["format"] == "fashion-kiosk-model/1"
         assert manifest["precision"] == precision
@@ -26,10 +27,40 @@ def test_manifests_describe_their_models(random_build):
         assert manifest["output"] == {"name": "embedding", "dim": 2048}
         assert manifest["input"]["width"] == manifest["input"]["height"] == 224
         assert "random weights" in manifest["provenance"]["weights"]
-        other = "int8" if precision == "fp32" else "fp32"
-        twin = random_build / f"random-resnet50-{other}.onnx"
-        assert manifest["twin"] == {"manifest": twin.with_suffix(".manifest.json").name,
-                                    "sha256": build_models.sha256(twin)}
+        if twins[form] is None:
+            assert "twin" not in manifest
+        else:
+            twin = random_build / f"random-resnet50-{twins[form]}.onnx"
+            assert manifest["twin"] == {"manifest": twin.with_suffix(".manifest.json").name,
+                                        "sha256": build_models.sha256(twin)}
+
+
+def test_the_emulated_twin_computes_the_int8_network_in_fp32(random_build):
+    import numpy as np
+    import onnx
+
+    emulated = onnx.load(str(random_build / "random-resnet50-int8-emulated.onnx"))
+    ops = {n.op_type for n in emulated.graph.node}
+    assert not ops & {"QLinearConv", "QuantizeLinear"}, ops
+    # The only DequantizeLinear nodes left read stored int8 weights (folded by the loader).
+    stored = {t.name: t for t in emulated.graph.initializer}
+    for node in emulated.graph.node:
+        if node.op_type == "DequantizeLinear":
+            assert stored[node.input[0]].data_type == onnx.TensorProto.INT8
+
+    images = build_models.calibration_images(build_models.DEFAULT_IMAGES, build_models.DEFAULT_LABELS, 4)
+    outputs = {}
+    for form in ("fp32", "int8", "int8-emulated"):
+        session = onnxruntime.InferenceSession(str(random_build / f"random-resnet50-{form}.onnx"),
+                                               providers=["CPUExecutionProvider"])
+        outputs[form] = [session.run(None, {"image": build_models.preprocess(p)})[0].reshape(-1) for p in images]
+    cosine = lambda a, b: float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))  # noqa: E731
+    for i in range(len(images)):
+        twin_vs_int8 = cosine(outputs["int8-emulated"][i], outputs["int8"][i])
+        fp32_vs_int8 = cosine(outputs["fp32"][i], outputs["int8"][i])
+        # Far closer to the int8 network than the network before quantisation is.
+        assert twin_vs_int8 > 0.9999, twin_vs_int8
+        assert 1 - twin_vs_int8 < (1 - fp32_vs_int8) / 10, (twin_vs_int8, fp32_vs_int8)
 
 
 def test_int8_model_uses_integer_convolutions_and_tracks_fp32(random_build):

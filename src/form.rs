@@ -1,5 +1,6 @@
 //! Which form of the network runs fastest on this CPU. A model's manifest may name its `twin`: the
-//! same network in another precision, whose tables it reads (their top-5 lists agree; measured in
+//! same network computed in another precision, whose tables it reads (the int8 model's twin
+//! computes its quantised network in fp32, so both find the same items; measured in
 //! `models/README.md`). int8 pays only where the CPU has an int8 dot-product instruction (a Pi 5's
 //! SDOT); elsewhere (a Pi 4's Cortex-A72, x86) the fp32 twin executes fewer instructions.
 
@@ -116,15 +117,18 @@ mod tests {
     #[test]
     fn int8_is_picked_only_where_the_cpu_has_an_int8_dot_product() {
         let int8 = bundled("fashion-resnet50-int8.manifest.json");
-        let fp32 = bundled("fashion-resnet50-fp32.manifest.json");
+        let twin = bundled("fashion-resnet50-int8-emulated.manifest.json");
         assert_eq!(pick(&int8, true).unwrap().manifest, int8);
-        assert_eq!(pick(&int8, false).unwrap().manifest, fp32);
-        assert_eq!(pick(&fp32, true).unwrap().manifest, int8);
-        assert_eq!(pick(&fp32, false).unwrap().manifest, fp32);
+        assert_eq!(pick(&int8, false).unwrap().manifest, twin);
+        assert_eq!(pick(&twin, true).unwrap().manifest, int8);
+        assert_eq!(pick(&twin, false).unwrap().manifest, twin);
         assert!(pick(&int8, false)
             .unwrap()
             .reason
             .contains("no int8 dot product"));
+        // The plain fp32 network is another network: it names no twin, so it is always itself.
+        let fp32 = bundled("fashion-resnet50-fp32.manifest.json");
+        assert_eq!(pick(&fp32, true).unwrap().manifest, fp32);
     }
 
     #[test]
@@ -132,15 +136,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for name in [
             "fashion-resnet50-int8.manifest.json",
-            "fashion-resnet50-fp32.manifest.json",
+            "fashion-resnet50-int8-emulated.manifest.json",
         ] {
             std::fs::copy(bundled(name), dir.path().join(name)).unwrap();
         }
-        let fp32 = dir.path().join("fashion-resnet50-fp32.manifest.json");
-        let text = std::fs::read_to_string(&fp32).unwrap();
+        let twin = dir
+            .path()
+            .join("fashion-resnet50-int8-emulated.manifest.json");
+        let text = std::fs::read_to_string(&twin).unwrap();
         let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
         json["sha256"] = "ab".repeat(32).into();
-        std::fs::write(&fp32, json.to_string()).unwrap();
+        std::fs::write(&twin, json.to_string()).unwrap();
         let err = pick(
             &dir.path().join("fashion-resnet50-int8.manifest.json"),
             false,

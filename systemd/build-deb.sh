@@ -3,9 +3,9 @@
 #   systemd/build-deb.sh aarch64-unknown-linux-gnu       → target/debian/fashion-kiosk_VERSION_arm64.deb
 #   systemd/build-deb.sh armv7-unknown-linux-gnueabihf   → target/debian/fashion-kiosk_VERSION_armhf.deb
 # Contents: the binary, the systemd unit, the default config in /etc/fashion-kiosk/ (a conffile:
-# kept on upgrade), the int8 model, its fp32 twin (which `model.manifest = "auto"` runs on a Pi 4)
-# and the demo catalogue in /usr/share/fashion-kiosk/, and the maintainer scripts in
-# systemd/debian/ (service user, groups, folders, enable; clean removal).
+# kept on upgrade), the int8 model, its twin that computes it in fp32 (which `model.manifest =
+# "auto"` runs on a Pi 4) and the demo catalogue in /usr/share/fashion-kiosk/, and the maintainer
+# scripts in systemd/debian/ (service user, groups, folders, enable; clean removal).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:?usage: systemd/build-deb.sh TARGET}
@@ -26,7 +26,7 @@ install -Dm644 systemd/fashion-kiosk-uplink.service "$root/lib/systemd/system/fa
 install -Dm644 systemd/kiosk.toml "$root/etc/fashion-kiosk/kiosk.toml"
 share=$root/usr/share/fashion-kiosk
 for file in fashion-resnet50-int8.onnx fashion-resnet50-int8.manifest.json \
-    fashion-resnet50-fp32.onnx fashion-resnet50-fp32.manifest.json \
+    fashion-resnet50-int8-emulated.onnx fashion-resnet50-int8-emulated.manifest.json \
     garment-parser.onnx garment-parser.manifest.json; do
     install -Dm644 "models/$file" "$share/models/$file"
 done

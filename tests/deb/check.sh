@@ -25,8 +25,8 @@ for path in ./usr/bin/fashion-kiosk ./lib/systemd/system/fashion-kiosk.service \
     ./etc/fashion-kiosk/kiosk.toml \
     ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.onnx \
     ./usr/share/fashion-kiosk/models/fashion-resnet50-int8.manifest.json \
-    ./usr/share/fashion-kiosk/models/fashion-resnet50-fp32.onnx \
-    ./usr/share/fashion-kiosk/models/fashion-resnet50-fp32.manifest.json \
+    ./usr/share/fashion-kiosk/models/fashion-resnet50-int8-emulated.onnx \
+    ./usr/share/fashion-kiosk/models/fashion-resnet50-int8-emulated.manifest.json \
     ./usr/share/fashion-kiosk/models/garment-parser.onnx \
     ./usr/share/fashion-kiosk/models/garment-parser.manifest.json \
     ./usr/share/fashion-kiosk/demo/labels.csv ./usr/share/fashion-kiosk/demo/kiosk.toml \
@@ -45,7 +45,7 @@ for script in postinst prerm postrm; do sh -n "$work/$script" || fail "$script s
 root=$work/root
 dpkg-deb -x "$deb" "$root"
 readelf -h "$root/usr/bin/fashion-kiosk" | grep -q "Machine:.*$machine" || fail "binary is not $machine"
-for model in fashion-resnet50-int8 fashion-resnet50-fp32 garment-parser; do
+for model in fashion-resnet50-int8 fashion-resnet50-int8-emulated garment-parser; do
     # The model's own sha256 is the manifest's first (a twin's comes later).
     manifest_sha=$(sed -n 's/.*"sha256": *"\([0-9a-f]*\)".*/\1/p' "$root/usr/share/fashion-kiosk/models/$model.manifest.json" | head -1)
     [ "$(sha256sum < "$root/usr/share/fashion-kiosk/models/$model.onnx" | cut -d' ' -f1)" = "$manifest_sha" ] \
