@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
 
@@ -83,6 +83,18 @@ impl ModelArg {
     fn load(&self) -> Result<Embedder> {
         Embedder::load(&self.path()?)
     }
+
+    /// The model, or its twin where that runs faster on this CPU (logged): what builds a table,
+    /// which both read.
+    fn load_fastest_form(&self) -> Result<Embedder> {
+        let pick = form::pick(&self.path()?, form::has_int8_dot_product())?;
+        tracing::info!(
+            "embedding with {} ({})",
+            pick.manifest.display(),
+            pick.reason
+        );
+        Embedder::load(&pick.manifest)
+    }
 }
 
 /// Outfits: the garment parser and its settings.
@@ -159,11 +171,11 @@ struct IndexArgs {
     /// the folder's images cannot be read (otherwise refused, leaving it unchanged).
     #[arg(long)]
     allow_shrink: bool,
-    /// Embed with the model's twin (named in its manifest) where the twin runs faster on this CPU
-    /// (fp32 on x86: ~3× the images per second); the table serves both models, but a table built by
-    /// the twin returns 94% of the model's own top-5 neighbours (models/README.md).
+    /// Embed with the model itself, even where its twin (named in its manifest: the same network
+    /// computed in another precision) runs faster on this CPU. By default the faster of the two
+    /// embeds (the int8 model's fp32 twin on x86 and a Pi 4); the table serves both models.
     #[arg(long)]
-    twin: bool,
+    no_twin: bool,
     /// An i8 table of this many items or more is built with cells (k-means over its items) and
     /// searched approximately: the items of the nearest few cells are ranked by short codes and
     /// the best 256 scored exactly. Smaller tables are searched exactly.
@@ -355,7 +367,8 @@ struct EvalArgs {
 #[derive(Args)]
 struct BenchArgs {
     /// Model manifests to compare; each later one's time is also given as a ratio to the first's
-    /// (default: the bundled fp32 model, then the int8 one).
+    /// (default: those installed of the bundled fp32 model, the int8 model's twin and the int8
+    /// model).
     #[arg(long = "model", value_name = "MANIFEST")]
     models: Vec<PathBuf>,
     /// Table to time searches on.
@@ -574,17 +587,10 @@ fn cmd_index(args: IndexArgs) -> Result<()> {
         .transpose()?;
     let files = args.files_from.as_deref().map(read_file_list).transpose()?;
     let labels = args.labels.as_deref().map(Labels::load).transpose()?;
-    let given = args.model.path()?;
-    let embedder = if args.twin {
-        let pick = form::pick(&given, form::has_int8_dot_product())?;
-        tracing::info!(
-            "embedding with {} ({})",
-            pick.manifest.display(),
-            pick.reason
-        );
-        Embedder::load(&pick.manifest)?
+    let embedder = if args.no_twin {
+        args.model.load()?
     } else {
-        Embedder::load(&given)?
+        args.model.load_fastest_form()?
     };
     if let Some(shard) = shard {
         tracing::info!("shard {shard}");
@@ -981,11 +987,23 @@ fn eval_recommend(args: &EvalArgs, table: &Table, config: &Path) -> Result<()> {
 
 fn cmd_bench(args: BenchArgs) -> Result<()> {
     let models = if args.models.is_empty() {
-        vec![
-            // fp32 first: the ratio line then reads int8 time / fp32 time.
-            resources::locate(resources::FP32_MODEL),
-            resources::locate(resources::DEFAULT_MODEL),
+        // fp32 first: the ratio lines then read twin time / fp32 time and int8 time / fp32 time.
+        // The Pi package ships no plain fp32 model.
+        let bundled: Vec<PathBuf> = [
+            resources::FP32_MODEL,
+            resources::TWIN_MODEL,
+            resources::DEFAULT_MODEL,
         ]
+        .into_iter()
+        .map(resources::locate)
+        .filter(|path| path.exists())
+        .collect();
+        ensure!(
+            !bundled.is_empty(),
+            "no bundled model found ({}): give --model",
+            resources::DEFAULT_MODEL
+        );
+        bundled
     } else {
         args.models
     };
@@ -1161,7 +1179,7 @@ fn cmd_calibrate(args: CalibrateArgs) -> Result<()> {
 
 fn cmd_demo(args: DemoArgs) -> Result<()> {
     let demo = resources::locate(resources::DEMO_DIR);
-    let embedder = args.model.load()?;
+    let embedder = args.model.load_fastest_form()?;
     let out = args.out.unwrap_or_else(kiosk::demo_output_dir);
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let table = out.join(format!("catalogue-{}.fkt", embedder.fingerprint().short()));

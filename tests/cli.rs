@@ -126,24 +126,28 @@ fn index_skips_bad_files_reindexes_only_changes_and_query_finds_the_item_itself(
         "{err}"
     );
     assert!(err.contains("images/s embedded"), "{err}");
-    // With --twin the faster form for this CPU embeds, and the int8 model reads its table.
-    let twin_table = dir.path().join("twin.fkt");
-    let out = index_with(&catalogue, &twin_table, &int8_manifest(), &["--twin"]);
-    let form = fashion_kiosk::form::fastest_precision(fashion_kiosk::form::has_int8_dot_product());
+    // The faster form for this CPU embedded (the int8 model's fp32 twin without an int8 dot
+    // product); with --no-twin the int8 model itself does, and reads either table.
+    let fastest = fashion_kiosk::form::pick(
+        &int8_manifest(),
+        fashion_kiosk::form::has_int8_dot_product(),
+    )
+    .unwrap();
     assert!(
-        stderr(&out).contains(&format!(
-            "embedding with {}",
-            repo(&format!("models/fashion-resnet50-{form}.manifest.json")).display()
-        )),
-        "{}",
-        stderr(&out)
+        err.contains(&format!("embedding with {}", fastest.manifest.display())),
+        "{err}"
     );
-    let answer = query_json(&twin_table, &catalogue.join(&picked[0]), &int8_manifest());
-    assert_eq!(
-        answer["results"][0]["id"],
-        picked[0].trim_end_matches(".jpg"),
-        "{answer}"
-    );
+    let own_table = dir.path().join("own.fkt");
+    let out = index_with(&catalogue, &own_table, &int8_manifest(), &["--no-twin"]);
+    assert!(!stderr(&out).contains("embedding with"), "{}", stderr(&out));
+    for table in [&table, &own_table] {
+        let answer = query_json(table, &catalogue.join(&picked[0]), &int8_manifest());
+        assert_eq!(
+            answer["results"][0]["id"],
+            picked[0].trim_end_matches(".jpg"),
+            "{answer}"
+        );
+    }
 
     // Each catalogue image finds itself first, with its labels as metadata.
     for name in &picked[..3] {
