@@ -6,6 +6,7 @@ Counts `fashion-kiosk bench --threads 1 --model M --runs LO` and `--runs HI` wit
 decodes the image once, preprocesses it twice and runs the network once: the network is the
 difference less decode/preprocess code; one embedding's decode + preprocess is given beside it.
 --startup: one whole `fashion-kiosk query` run, and start-up = it minus one bench embedding.
+A stripped binary (the release profile's, as CI builds it) gives the total per embedding only.
   CARGO_TARGET_DIR=target/insn CARGO_PROFILE_RELEASE_STRIP=none cargo build --release \\
       --target aarch64-unknown-linux-gnu; B=target/insn/aarch64-unknown-linux-gnu/release/fashion-kiosk
   benches/arm_insn.py --binary $B --cpu cortex-a76 --model models/fashion-resnet50-int8.manifest.json
@@ -48,6 +49,7 @@ STARTUP = [("sha256", r"sha2::|[Ss]ha256"),  # checked first, for a whole `query
 QUERY = [("foreground", r"fashion_kiosk::foreground"), ("search", r"catalogue|nearest")]
 MNEMONICS = ["sdot(elem)", "sdot(vec)", "smlal", "smlal2", "fmla"]
 G = lambda n: f"{n / 1e9:.3f}"  # noqa: E731  (giga-instructions)
+STRIPPED = "(stripped binary)"
 
 
 def demangle(s):
@@ -148,6 +150,8 @@ def resolve(counted, binary):
     listing = subprocess.run(["readelf", "-sW", binary], check=True, capture_output=True, text=True)
     table = sorted((int(f[1], 16), int(f[2]), f[7]) for f in map(str.split, listing.stdout.splitlines())
                    if len(f) == 8 and f[6].isdigit() and (f[3] == "FUNC" or f[3:5] == ["NOTYPE", "GLOBAL"]))
+    if not any(t[2] == "main" for t in table):  # a stripped build (the shipped one, CI's): totals only
+        return total, mnems, collections.Counter({STRIPPED: sum(syms.values())})
     starts, end = [t[0] for t in table], max(a + n for a, n, _ in table)
     bias = main_vaddr - next(t[0] for t in table if t[2] == "main")
     out = collections.Counter()
@@ -194,6 +198,12 @@ def report(title, syms, rules, whole, n):
 
 def embedding(args):
     total, syms, mn, tag = per_embedding(args)
+    if STRIPPED in syms:
+        print(f"# {args.cpu} {tag}: per embedding = (runs {args.hi} - runs {args.lo}) / {args.hi - args.lo}: "
+              f"{G(total)} G instructions, decode and preprocessing included (a stripped binary: no "
+              f"split by function)")
+        print("mnemonics: " + ", ".join(f"{m} {mn[m] / 1e6:,.1f} M" for m in MNEMONICS))
+        return
     pre = categorise(syms, PREPROCESS, "network")
     net = {s: n for s, n in syms.items() if category(s, PREPROCESS) == "other"}
     cats, network = categorise(net, NETWORK), sum(net.values())
@@ -233,7 +243,8 @@ def main():
     p.add_argument("--table", help="table for --startup, made with the same model")
     tdir = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))  # where the aarch64 build is
     p.add_argument("--binary", default=f"{tdir}/aarch64-unknown-linux-gnu/release/fashion-kiosk",
-                   help="unstripped aarch64 fashion-kiosk (default: $CARGO_TARGET_DIR's release build)")
+                   help="aarch64 fashion-kiosk, unstripped for the split by function (default: "
+                        "$CARGO_TARGET_DIR's release build)")
     p.add_argument("--count", default=str(ROOT.parent / "shared/tools/arm-insn/count"), help="the count tool")
     p.add_argument("--out-dir", default="/tmp/arm-insn-counts", help="where count's output files go")
     p.add_argument("--fresh", action="store_true", help="count again where --out-dir has output (after a rebuild)")
