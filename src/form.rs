@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 
-use crate::model::Manifest;
+use crate::model::{Manifest, Twin};
 
 /// The value of `model.manifest` (and `--model`) that picks the form by CPU.
 pub const AUTO: &str = "auto";
@@ -63,6 +63,27 @@ pub fn pick(manifest: &Path, int8_dot_product: bool) -> Result<Pick> {
             reason: format!("{cpu}: {wanted} runs fastest"),
         });
     }
+    let (twin_path, twin_manifest) = load_twin(manifest, twin)?;
+    Ok(Pick {
+        manifest: twin_path,
+        reason: format!(
+            "{cpu}: {} runs faster than {}, whose twin it is",
+            twin_manifest.name, given.name
+        ),
+    })
+}
+
+/// The manifest of the twin that the model at `manifest` names, if it names one.
+pub fn twin(manifest: &Path) -> Result<Option<PathBuf>> {
+    let given = Manifest::load(manifest)?;
+    given
+        .twin
+        .map(|twin| Ok(load_twin(manifest, &twin)?.0))
+        .transpose()
+}
+
+/// The twin's manifest beside `manifest`, loaded and checked to be the file it names (its SHA-256).
+fn load_twin(manifest: &Path, twin: &Twin) -> Result<(PathBuf, Manifest)> {
     let twin_path = manifest
         .parent()
         .unwrap_or(Path::new("."))
@@ -78,13 +99,7 @@ pub fn pick(manifest: &Path, int8_dot_product: bool) -> Result<Pick> {
         manifest.display(),
         &twin.sha256[..12]
     );
-    Ok(Pick {
-        manifest: twin_path,
-        reason: format!(
-            "{cpu}: {} runs faster than {}, whose twin it is",
-            twin_manifest.name, given.name
-        ),
-    })
+    Ok((twin_path, twin_manifest))
 }
 
 /// Resolves a configured manifest: none is the bundled model, [`AUTO`] the bundled model or its
@@ -117,11 +132,11 @@ mod tests {
     #[test]
     fn int8_is_picked_only_where_the_cpu_has_an_int8_dot_product() {
         let int8 = bundled("fashion-resnet50-int8.manifest.json");
-        let twin = bundled("fashion-resnet50-int8-emulated.manifest.json");
+        let twin_manifest = bundled("fashion-resnet50-int8-emulated.manifest.json");
         assert_eq!(pick(&int8, true).unwrap().manifest, int8);
-        assert_eq!(pick(&int8, false).unwrap().manifest, twin);
-        assert_eq!(pick(&twin, true).unwrap().manifest, int8);
-        assert_eq!(pick(&twin, false).unwrap().manifest, twin);
+        assert_eq!(pick(&int8, false).unwrap().manifest, twin_manifest);
+        assert_eq!(pick(&twin_manifest, true).unwrap().manifest, int8);
+        assert_eq!(pick(&twin_manifest, false).unwrap().manifest, twin_manifest);
         assert!(pick(&int8, false)
             .unwrap()
             .reason
@@ -129,6 +144,8 @@ mod tests {
         // The plain fp32 network is another network: it names no twin, so it is always itself.
         let fp32 = bundled("fashion-resnet50-fp32.manifest.json");
         assert_eq!(pick(&fp32, true).unwrap().manifest, fp32);
+        assert_eq!(twin(&int8).unwrap(), Some(twin_manifest));
+        assert_eq!(twin(&fp32).unwrap(), None);
     }
 
     #[test]
@@ -153,6 +170,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
+        assert!(err.contains("is not the one it was measured with"), "{err}");
+        let err = super::twin(&dir.path().join("fashion-resnet50-int8.manifest.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is not the one it was measured with"), "{err}");
     }
 

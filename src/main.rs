@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::ProgressBar;
 
@@ -989,21 +989,13 @@ fn cmd_bench(args: BenchArgs) -> Result<()> {
     let models = if args.models.is_empty() {
         // fp32 first: the ratio lines then read twin time / fp32 time and int8 time / fp32 time.
         // The Pi package ships no plain fp32 model.
-        let bundled: Vec<PathBuf> = [
-            resources::FP32_MODEL,
-            resources::TWIN_MODEL,
-            resources::DEFAULT_MODEL,
-        ]
-        .into_iter()
-        .map(resources::locate)
-        .filter(|path| path.exists())
-        .collect();
-        ensure!(
-            !bundled.is_empty(),
-            "no bundled model found ({}): give --model",
-            resources::DEFAULT_MODEL
-        );
-        bundled
+        let int8 = resources::locate(resources::DEFAULT_MODEL);
+        let fp32 = resources::locate(resources::FP32_MODEL);
+        let twin = form::twin(&int8)?;
+        [Some(fp32).filter(|path| path.exists()), twin, Some(int8)]
+            .into_iter()
+            .flatten()
+            .collect()
     } else {
         args.models
     };

@@ -7,9 +7,6 @@ use std::path::PathBuf;
 pub const DEFAULT_MODEL: &str = "models/fashion-resnet50-int8.manifest.json";
 /// The fp32 network (not quantised), kept selectable with `--model` and as `bench`'s reference.
 pub const FP32_MODEL: &str = "models/fashion-resnet50-fp32.manifest.json";
-/// The default model's twin: its int8 network computed in fp32 (what `auto` runs without an int8
-/// dot product).
-pub const TWIN_MODEL: &str = "models/fashion-resnet50-int8-emulated.manifest.json";
 /// The garment parser's manifest (outfits).
 pub const GARMENT_PARSER: &str = "models/garment-parser.manifest.json";
 /// The bundled demo: `catalogue/` images, `labels.csv`, query `photos/`.
