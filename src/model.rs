@@ -477,11 +477,10 @@ fn fold_weight_conversions(proto: &mut tract_onnx::pb::ModelProto) -> usize {
     let mut folded = Vec::new();
     let mut sources = std::collections::HashSet::new();
     for (position, node) in graph.node.iter().enumerate() {
-        let Some(values) = weight_in_f32(node, &graph.initializer) else {
+        let Some((weight, values)) = weight_in_f32(node, &graph.initializer) else {
             continue;
         };
-        sources.insert(node.input[0].clone());
-        let weight = initializer(&graph.initializer, &node.input[0]).expect("read above");
+        sources.insert(weight.name.clone());
         folded.push((
             position,
             tract_onnx::pb::TensorProto {
@@ -528,12 +527,12 @@ fn initializer<'a>(
     initializers.iter().find(|t| t.name == name)
 }
 
-/// The f32 values of the weight `node` converts to f32, where it is a conversion of a stored
-/// weight that [`fold_weight_conversions`] folds; `None` for any other node.
-fn weight_in_f32(
+/// The stored weight that `node` converts to f32, and its f32 values, where it is a conversion
+/// that [`fold_weight_conversions`] folds; `None` for any other node.
+fn weight_in_f32<'a>(
     node: &tract_onnx::pb::NodeProto,
-    initializers: &[tract_onnx::pb::TensorProto],
-) -> Option<Vec<f32>> {
+    initializers: &'a [tract_onnx::pb::TensorProto],
+) -> Option<(&'a tract_onnx::pb::TensorProto, Vec<f32>)> {
     if node.output.len() != 1 || node.input.is_empty() {
         return None;
     }
@@ -596,7 +595,7 @@ fn weight_in_f32(
         _ => return None,
     };
     let count: i64 = weight.dims.iter().product();
-    (i64::try_from(values.len()) == Ok(count)).then_some(values)
+    (i64::try_from(values.len()) == Ok(count)).then_some((weight, values))
 }
 
 /// An int8 tensor's values: raw bytes, or one per int32 (ONNX's rule).
