@@ -884,9 +884,13 @@ fn kiosk_calibrates_light_with_a_white_card_locks_the_camera_and_keeps_it_on_a_b
     kiosk.wait_ready();
     let record = scene.path("state/empty-scene.toml");
 
-    // SIGUSR2: step away, the empty scene, then the card.
+    // SIGUSR2: step away, the empty scene, then the card. The record is written before the kiosk
+    // leaves calibration (its log line), and a press before that is not a scan.
     kiosk.signal(libc::SIGUSR2);
-    wait_for("the calibration", &kiosk, || record.exists());
+    wait_for("the calibration", &kiosk, || {
+        kiosk.stderr().contains("calibrated: ")
+    });
+    assert!(record.exists(), "{}", kiosk.stderr());
     let saved = std::fs::read_to_string(&record).unwrap();
     assert!(saved.contains("[card]"), "{saved}");
     assert!(
