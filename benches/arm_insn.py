@@ -6,11 +6,13 @@ Counts `fashion-kiosk bench --threads 1 --model M --runs LO` and `--runs HI` wit
 decodes the image once, preprocesses it twice and runs the network once: the network is the
 difference less decode/preprocess code; one embedding's decode + preprocess is given beside it.
 --startup: one whole `fashion-kiosk query` run, and start-up = it minus one bench embedding.
+--search: one top-5 search in --table, from `bench --search-only --table T --runs LO` and `HI`.
 A stripped binary (the release profile's, as CI builds it) gives the total per embedding only.
   CARGO_TARGET_DIR=target/insn CARGO_PROFILE_RELEASE_STRIP=none cargo build --release \\
       --target aarch64-unknown-linux-gnu; B=target/insn/aarch64-unknown-linux-gnu/release/fashion-kiosk
   benches/arm_insn.py --binary $B --cpu cortex-a76 --model models/fashion-resnet50-int8.manifest.json
   benches/arm_insn.py --binary $B --cpu cortex-a76 --startup --table T.fkt   # T made with that model
+  benches/arm_insn.py --binary $B --cpu cortex-a76 --search --table T.fkt --runs 1,21
 
 The tool's plugin lists only its top 40 functions and puts tract's assembly kernels and libc under
 "(no symbol)": `count` runs here with a build of it changed by PATCH (below). Counts are not cycles.
@@ -46,6 +48,9 @@ STARTUP = [("sha256", r"sha2::|[Ss]ha256"),  # checked first, for a whole `query
             r"DynEq|type_id|as_op|Tensor as core::cmp|eq_dt|SlicePartialEq|TDim|hash|smallvec|bit_set"),
            ("weight packing", r"tract_linalg::frame::pack|OptMatMulPack|pack_"),
            ("libc (malloc, memcpy, ...)", r"libc / ld.so")]
+SEARCH = [("first stage", r"prefilter::"), ("rows scored (both)", r"i8_score|i8_row|crc32fast|dot_i8"),
+          ("every item scored (the check)", r"Table::scan|nearest_by_scan"),
+          ("queries, timing", r"bench::|Noise|Instant|Timespec|fmt|stdio")]
 QUERY = [("foreground", r"fashion_kiosk::foreground"), ("search", r"catalogue|nearest")]
 MNEMONICS = ["sdot(elem)", "sdot(vec)", "smlal", "smlal2", "fmla"]
 G = lambda n: f"{n / 1e9:.3f}"  # noqa: E731  (giga-instructions)
@@ -233,6 +238,33 @@ def startup(args):
            load, rules, total - emb_total, args.top)
 
 
+def search(args):
+    """One top-5 search: `bench --search-only` runs each query twice, through the table's first
+    stage and by scoring every item (the check that both agree). Per search = the difference of
+    two runs / (HI - LO), split by function; the row scoring both use is shared out by calls: the
+    search scores `scored` rows (bench prints how many), the check all N."""
+    tag = "search-" + Path(args.table).stem
+    extra = ["bench", "--search-only", "--table", args.table]
+    runs = {}
+    for r in (args.lo, args.hi):
+        runs[r] = run_count(args, extra + ["--runs", str(r)], r, tag)
+        out = (Path(args.out_dir) / f"{args.cpu}-{tag}-runs{r}.txt.log").read_text()
+        found = re.search(r"search top-5 of (\d+) items.*?\((\d+) items scored exactly per search", out)
+        runs[r] += tuple(map(int, found.groups()))
+    (lo_total, _, lo, n, lo_scored), (hi_total, _, hi, _, hi_scored) = runs[args.lo], runs[args.hi]
+    k = args.hi - args.lo
+    scored = (hi_scored * args.hi - lo_scored * args.lo) / k
+    syms = {s: (hi.get(s, 0) - lo.get(s, 0)) / k for s in set(hi) | set(lo)}
+    cats = categorise(syms, SEARCH)
+    rows = cats["rows scored (both)"] * scored / (scored + n)
+    ours = cats["first stage"] + rows + cats["other"]
+    report(f"# {args.cpu}: per search over {n:,} items = (runs {args.hi} - runs {args.lo}) / {k}: "
+           f"{G((hi_total - lo_total) / k)} G, the search and its check", syms, SEARCH, sum(syms.values()), args.top)
+    print(f"\nthe search: {ours / 1e6:,.2f} M instructions = first stage {cats['first stage'] / 1e6:,.2f} M "
+          f"+ {scored:.1f} rows scored exactly of the {scored + n:,.0f} the run scored ({rows / 1e6:,.3f} M) "
+          f"+ other (all counted here) {cats['other'] / 1e6:,.2f} M")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", default="cortex-a76", help="qemu CPU model: cortex-a76 (Pi 5), cortex-a72 (Pi 4)")
@@ -240,7 +272,8 @@ def main():
     p.add_argument("--runs", default="1,3", help="bench --runs of the two runs: LO,HI (default 1,3)")
     p.add_argument("--image", help="image to embed (default: bench's, the first demo photo)")
     p.add_argument("--startup", action="store_true", help="count one whole `query` run instead (needs --table)")
-    p.add_argument("--table", help="table for --startup, made with the same model")
+    p.add_argument("--search", action="store_true", help="count the top-5 search in --table instead")
+    p.add_argument("--table", help="table for --startup (made with the same model) or --search")
     tdir = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))  # where the aarch64 build is
     p.add_argument("--binary", default=f"{tdir}/aarch64-unknown-linux-gnu/release/fashion-kiosk",
                    help="aarch64 fashion-kiosk, unstripped for the split by function (default: "
@@ -251,9 +284,9 @@ def main():
     p.add_argument("--top", type=int, default=40, help="functions to list")
     args = p.parse_args()
     args.lo, args.hi = map(int, args.runs.split(","))
-    if args.startup and not args.table:
-        p.error("--startup needs --table")
-    (startup if args.startup else embedding)(args)
+    if (args.startup or args.search) and not args.table:
+        p.error("--startup and --search need --table")
+    (search if args.search else startup if args.startup else embedding)(args)
 
 
 if __name__ == "__main__":
