@@ -11,13 +11,24 @@ use tract_linalg::mmm::RoundingPolicy;
 use super::binary::TypedBinOp;
 use super::math::round_ties_to_even;
 
+/// Rounds half to even. On aarch64 that is one FRINTN, which lets the quantisation loops
+/// vectorise (the bit-level form branches on every value); elsewhere `f32::round_ties_even` may be
+/// a libm call (x86_64 before SSE4.1), so the bit-level form stays. Both give the same values.
+#[inline(always)]
+fn round_half_to_even(x: f32) -> f32 {
+    #[cfg(target_arch = "aarch64")]
+    return x.round_ties_even();
+    #[cfg(not(target_arch = "aarch64"))]
+    return round_ties_to_even(x);
+}
+
 pub fn quantize_linear_f32_u8(x: f32, scale: f32, zero_point: i32) -> u8 {
-    ((round_ties_to_even(x * scale) as i32) + zero_point).clamp(u8::MIN as i32, u8::MAX as i32)
+    ((round_half_to_even(x * scale) as i32) + zero_point).clamp(u8::MIN as i32, u8::MAX as i32)
         as u8
 }
 
 pub fn quantize_linear_f32_i8(x: f32, scale: f32, zero_point: i32) -> i8 {
-    ((round_ties_to_even(x * scale) as i32) + zero_point).clamp(i8::MIN as i32, i8::MAX as i32)
+    ((round_half_to_even(x * scale) as i32) + zero_point).clamp(i8::MIN as i32, i8::MAX as i32)
         as i8
 }
 
