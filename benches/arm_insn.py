@@ -248,8 +248,10 @@ def search(args):
     runs = {}
     for r in (args.lo, args.hi):
         runs[r] = run_count(args, extra + ["--runs", str(r)], r, tag)
-        out = (Path(args.out_dir) / f"{args.cpu}-{tag}-runs{r}.txt.log").read_text()
-        found = re.search(r"search top-5 of (\d+) items.*?\((\d+) items scored exactly per search", out)
+        log = Path(args.out_dir) / f"{args.cpu}-{tag}-runs{r}.txt.log"
+        found = re.search(r"search top-5 of (\d+) items.*?\((\d+) items scored exactly per search", log.read_text())
+        if not found:
+            sys.exit(f"{log}: no line `search top-5 of N items … (S items scored exactly per search)` from bench")
         runs[r] += tuple(map(int, found.groups()))
     (lo_total, _, lo, n, lo_scored), (hi_total, _, hi, _, hi_scored) = runs[args.lo], runs[args.hi]
     k = args.hi - args.lo
