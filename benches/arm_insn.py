@@ -180,13 +180,18 @@ def categorise(symbols, rules, default="other"):
     return cats
 
 
+def difference(more, less, per=1):
+    """{function: count} of `more` less `less`, divided by `per` (runs between them)."""
+    return {s: (more.get(s, 0) - less.get(s, 0)) / per for s in set(more) | set(less)}
+
+
 def per_embedding(args):
     """(total, {symbol: count}, {mnemonic: count}) of one more `bench` run, and the model's tag."""
     tag = Path(args.model).name.split(".")[0]
     extra = ["bench", "--model", args.model, "--threads", "1"] + (["--image", args.image] * bool(args.image))
     lo, hi = (run_count(args, extra + ["--runs", str(r)], r, tag) for r in (args.lo, args.hi))
     k = args.hi - args.lo
-    syms = {s: (hi[2].get(s, 0) - lo[2].get(s, 0)) / k for s in set(hi[2]) | set(lo[2])}
+    syms = difference(hi[2], lo[2], k)
     mn = {m: (hi[1].get(m, 0) - lo[1].get(m, 0)) / k for m in MNEMONICS}
     return (hi[0] - lo[0]) / k, syms, mn, tag
 
@@ -233,7 +238,7 @@ def startup(args):
     emb_total, emb, _, _ = per_embedding(args)
     rules = STARTUP + QUERY + PREPROCESS + NETWORK
     report(f"# {args.cpu}: one whole `query` run: {G(total)} G", syms, rules, total, args.top)
-    load = {s: syms.get(s, 0) - emb.get(s, 0) for s in set(syms) | set(emb)}
+    load = difference(syms, emb)
     report(f"\n# start-up = the query run - one bench embedding ({G(emb_total)} G): {G(total - emb_total)} G",
            load, rules, total - emb_total, args.top)
 
@@ -256,7 +261,7 @@ def search(args):
     (lo_total, _, lo, n, lo_scored), (hi_total, _, hi, _, hi_scored) = runs[args.lo], runs[args.hi]
     k = args.hi - args.lo
     scored = (hi_scored * args.hi - lo_scored * args.lo) / k
-    syms = {s: (hi.get(s, 0) - lo.get(s, 0)) / k for s in set(hi) | set(lo)}
+    syms = difference(hi, lo, k)
     cats = categorise(syms, SEARCH)
     rows = cats["rows scored (both)"] * scored / (scored + n)
     ours = cats["first stage"] + rows + cats["other"]
