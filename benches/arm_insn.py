@@ -144,8 +144,13 @@ def run_count(args, extra, runs, tag):
         build_plugin(args.count, cache)  # newer than insncount.c: `count` uses it as it is
         cmd = [args.count, "--cpu", args.cpu, "--out", str(out), "--", args.binary] + extra
         print("$", " ".join(cmd), file=sys.stderr)
-        with open(str(out) + ".log", "w") as log:  # the program's output and count's dump
-            subprocess.run(cmd, check=True, cwd=ROOT, env=dict(os.environ, TMPDIR=str(cache)), stdout=log, stderr=log)
+        log_path = Path(str(out) + ".log")  # the program's output and count's dump
+        with open(log_path, "w") as log:
+            ran = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, TMPDIR=str(cache)), stdout=log, stderr=log)
+        if ran.returncode != 0:
+            out.unlink(missing_ok=True)  # a failed run's counts are not reused by the next call
+            last = (log_path.read_text().strip().splitlines() or ["(no output)"])[-1]
+            sys.exit(f"{args.binary} {' '.join(extra)}: exit status {ran.returncode}: {last} (all of it: {log_path})")
     return resolve(parse(out), args.binary)
 
 
