@@ -254,7 +254,8 @@ def search(args):
     two runs / (HI - LO), split by function; the row scoring both use is shared out by calls: the
     search scores `scored` rows (bench prints how many), the check all N."""
     tag = "search-" + Path(args.table).stem
-    extra = ["bench", "--search-only", "--table", args.table]
+    extra = ["bench", "--search-only", "--table", args.table, "--seed", str(args.seed)]
+    tag += f"-seed{args.seed}"
     runs = {}
     for r in (args.lo, args.hi):
         runs[r] = run_count(args, extra + ["--runs", str(r)], r, tag)
@@ -286,6 +287,7 @@ def main():
     p.add_argument("--startup", action="store_true", help="count one whole `query` run instead (needs --table)")
     p.add_argument("--search", action="store_true", help="count the top-5 search in --table instead")
     p.add_argument("--table", help="table for --startup (made with the same model) or --search")
+    p.add_argument("--seed", type=int, default=1, help="--search: bench's seed for the queries (keep some unseen)")
     tdir = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))  # where the aarch64 build is
     p.add_argument("--binary", default=f"{tdir}/aarch64-unknown-linux-gnu/release/fashion-kiosk",
                    help="aarch64 fashion-kiosk, unstripped for the split by function (default: "
