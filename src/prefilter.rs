@@ -178,7 +178,11 @@ impl Prefilter<'_> {
         let coarse = QueryCodes::new(&coordinates);
         let fine = QueryCodes::new(query);
 
-        // Stage 1: a bound of every allowed item's score from its few codes.
+        // Stage 1: a bound of every allowed item's score from its few codes; and the `probe`
+        // items of highest bound, whose k-th best exact score only an item whose bound reaches
+        // it can beat.
+        let probe = 4 * k;
+        let mut by_bound = TopK::new(probe);
         let mut bounds: Vec<(f32, usize)> = Vec::with_capacity(count);
         for index in 0..count {
             if !allowed(index) {
@@ -191,20 +195,19 @@ impl Prefilter<'_> {
                 + remainder * terms[2]
                 + SLACK;
             bounds.push((bound, index));
+            by_bound.offer(Hit {
+                index,
+                score: bound,
+            });
         }
         counts.bounded = bounds.len();
-        // The k-th best exact score among the items with the highest bounds: only an item whose
-        // bound reaches it can be in the top k.
-        let probe = (4 * k).min(bounds.len());
         let mut threshold = f32::NEG_INFINITY;
         if bounds.len() > k {
-            let mut by_bound = bounds.clone();
-            by_bound.select_nth_unstable_by(probe - 1, |a, b| b.0.total_cmp(&a.0));
             let mut probe_top = TopK::new(k);
-            for &(_, index) in &by_bound[..probe] {
+            for hit in by_bound.into_sorted() {
                 probe_top.offer(Hit {
-                    index,
-                    score: score(index)?,
+                    index: hit.index,
+                    score: score(hit.index)?,
                 });
             }
             threshold = probe_top.kth_score().unwrap_or(f32::NEG_INFINITY);
