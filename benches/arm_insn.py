@@ -31,7 +31,7 @@ AROUND = [
     ("f16->f32", r"half::|\[f16->f32\]"),
     ("u8->i8 / casts", r"OffsetU8asI8|natural_cast|ops::cast"),
     ("im2col", r"im2col"),
-    ("packing", r"tract_linalg::frame::pack|OptMatMulPack|pack_"),
+    ("packing", r"tract_linalg::frame::pack|OptMatMulPack|pack_|ops::matmul::pack::"),
     ("activation sums", r"q_sum|ndarray.*::fold$"),             # fold: q_sum_t's inner loop
     ("(de)quantise", r"[Qq]uantize|quant::|\[f32->u8"),
     ("residual add + ReLU", r"unicast|TypedBinOp|binary::|by_scalar|element_wise|\[f32 max"),
@@ -46,7 +46,7 @@ STARTUP = [("sha256", r"sha2::|[Ss]ha256"),  # checked first, for a whole `query
            ("f16->f32 weights", r"half::|\[f16->f32\]"),
            ("optimise/declutter/codegen", r"tract_core::(model|optim|axes|ops::change_axes)|declutter|codegen|"
             r"DynEq|type_id|as_op|Tensor as core::cmp|eq_dt|SlicePartialEq|TDim|hash|smallvec|bit_set"),
-           ("weight packing", r"tract_linalg::frame::pack|OptMatMulPack|pack_"),
+           ("weight packing", r"tract_linalg::frame::pack|OptMatMulPack|pack_|ops::matmul::pack::"),
            ("libc (malloc, memcpy, ...)", r"libc / ld.so")]
 SEARCH = [("first stage", r"prefilter::"), ("rows scored (both)", r"i8_score|i8_row|crc32fast|dot_i8"),
           ("every item scored (the check)", r"Table::scan|nearest_by_scan"),

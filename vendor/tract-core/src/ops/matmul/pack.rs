@@ -6,7 +6,65 @@ use tract_linalg::block_quant::{
 };
 use tract_linalg::mmm::{MMMInputFormat, MMMInputValue, PackedMatrixStorage};
 
+use tract_linalg::mmm::{EagerPackedInput, PackedExoticFact};
+use tract_linalg::pack::PackedI8K4;
+
 use super::ModePicker;
+use crate::ops::cnn::conv::interleave4_panels;
+
+/// `packer.prepare_one_view`, but int8 activations whose mn axis is contiguous (the input of a
+/// 1×1 convolution, for one) are laid into the K=4-inner packing four K rows at a time
+/// (`interleave4_panels`) rather than one value at a time; the same bytes.
+unsafe fn prepare_one_view(
+    packer: &dyn MMMInputFormat,
+    view: &TensorView,
+    k_axis: usize,
+    mn_axis: usize,
+) -> TractResult<Box<dyn MMMInputValue>> {
+    match packer.downcast_ref::<PackedI8K4>() {
+        Some(k4)
+            if view.datum_type().size_of() == 1
+                && k_axis != mn_axis
+                && view.strides()[mn_axis] == 1 =>
+        unsafe { pack_k4_by_rows(k4, view, k_axis, mn_axis) },
+        _ => packer.prepare_one_view(view, k_axis, mn_axis),
+    }
+}
+
+unsafe fn pack_k4_by_rows(
+    format: &PackedI8K4,
+    view: &TensorView,
+    k_axis: usize,
+    mn_axis: usize,
+) -> TractResult<Box<dyn MMMInputValue>> {
+    let (k, mn) = (view.shape()[k_axis], view.shape()[mn_axis]);
+    let k_stride = view.strides()[k_axis];
+    let r = format.r;
+    let panel_len = format.single_panel_len(k);
+    let mut blob =
+        unsafe { Blob::new_for_size_and_align(mn.divceil(r) * panel_len, format.alignment()) };
+    blob.as_bytes_mut().fill(0);
+    let zeros = vec![0i8; mn];
+    unsafe {
+        let src = view.as_ptr_unchecked::<i8>();
+        let dst = blob.as_mut_ptr() as *mut i8;
+        for block in 0..k.divceil(4) {
+            // A K row past `k` is the K padding: zero.
+            let row = |j: usize| match block * 4 + j {
+                kk if kk < k => std::slice::from_raw_parts(src.offset(kk as isize * k_stride), mn),
+                _ => &zeros[..],
+            };
+            let rows = [row(0), row(1), row(2), row(3)];
+            interleave4_panels(rows, r, panel_len, dst.add(block * r * 4));
+        }
+    }
+    Ok(Box::new(EagerPackedInput {
+        fact: PackedExoticFact { format: Box::new(format.clone()), mn: mn.to_dim(), k },
+        packed: blob.into(),
+        panel_bytes: panel_len,
+        mn,
+    }))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OptMatMulPack {
@@ -112,7 +170,7 @@ impl OptMatMulPack {
         }
         unsafe {
             let stores = if output_shape.iter().all(|d| *d == 1) {
-                let packed = packer.prepare_one_view(&input.view(), self.k_axis, self.mn_axis)?;
+                let packed = prepare_one_view(&**packer, &input.view(), self.k_axis, self.mn_axis)?;
                 PackedMatrixStorage::new_batched(&output_shape, tvec![packed])
                     .into_tensor(input.datum_type())
             } else {
@@ -132,7 +190,7 @@ impl OptMatMulPack {
                         * input.datum_type().size_of() as isize;
                     let view =
                         TensorView::from_bytes(&input, offset, input.shape(), input.strides());
-                    values.push(packer.prepare_one_view(&view, self.k_axis, self.mn_axis)?);
+                    values.push(prepare_one_view(&**packer, &view, self.k_axis, self.mn_axis)?);
                 }
                 PackedMatrixStorage::new_batched(&output_shape, values)
                     .into_tensor(input.datum_type())
@@ -222,4 +280,30 @@ impl TypedOp for OptSimpleMatMulPack {
     }
 
     as_op!();
+}
+
+#[cfg(test)]
+mod k4_by_rows {
+    use super::*;
+
+    #[test]
+    fn packs_the_same_bytes_as_pack_view() {
+        for r in [4, 8, 32] {
+            for k in [1, 3, 4, 9, 64] {
+                for mn in [1, 7, 8, 9, 49] {
+                    let values: Vec<i8> = (0..k * mn).map(|i| (i * 37 % 251) as u8 as i8).collect();
+                    let tensor = Tensor::from_shape(&[k, mn], &values).unwrap();
+                    let format = PackedI8K4::new(r);
+                    let bytes = |packed: Box<dyn MMMInputValue>| {
+                        let eager = packed.downcast_ref::<EagerPackedInput>().unwrap();
+                        (eager.packed.as_bytes().to_vec(), eager.panel_bytes, eager.mn)
+                    };
+                    let expected = bytes(format.pack_view(&tensor.view(), 0, 1).unwrap());
+                    let got =
+                        bytes(unsafe { pack_k4_by_rows(&format, &tensor.view(), 0, 1) }.unwrap());
+                    assert_eq!(expected, got, "r={r} k={k} mn={mn}");
+                }
+            }
+        }
+    }
 }

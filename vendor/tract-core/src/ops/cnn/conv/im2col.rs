@@ -2,7 +2,7 @@ use tract_linalg::mmm::{
     EagerPackedInput, MMMInputFormat, MMMInputValue, MatMatMul, PackedExoticFact,
     PackedMatrixStorage,
 };
-use tract_linalg::pack::{PackedFormat, PackedI8K4, PackingWriter};
+use tract_linalg::pack::{KOutWriter, PackedFormat, PackedI8K4, PackingWriter};
 
 use crate::internal::*;
 use ndarray::prelude::*;
@@ -283,14 +283,16 @@ impl Patcher {
             let mut w = pf.write_with_k_outer(ptr, geo.k, geo.n);
             self.run::<T, _>(geo, input, g, pad_value, &mut w)
         } else if let Some(p4) = geo.out_format.downcast_ref::<PackedI8K4>() {
-            let mut w = p4.write_with_k_outer(ptr, geo.k, geo.n);
-            self.run::<T, _>(geo, input, g, pad_value, &mut w)
+            let mut w = K4RowsWriter::new(ptr, p4.r, p4.single_panel_len(geo.k), geo.n);
+            self.run::<T, _>(geo, input, g, pad_value, &mut w)?;
+            w.finish();
+            Ok(())
         } else {
             bail!("Im2Col: unsupported packing format {:?}", geo.out_format)
         }
     }
 
-    fn run<T: Copy + Datum + num_traits::Zero, W: PackingWriter<T>>(
+    fn run<T: Copy + Datum + num_traits::Zero, W: Im2colWriter<T>>(
         &self,
         geo: &ConcreteGeometry,
         input: &TensorView,
@@ -326,7 +328,7 @@ impl Patcher {
     }
 
     #[inline(never)]
-    fn generic<T: Copy + Datum, W: PackingWriter<T>>(
+    fn generic<T: Copy + Datum, W: Im2colWriter<T>>(
         geometry: &ConcreteGeometry,
         input: &TensorView,
         g: usize,
@@ -364,7 +366,7 @@ impl Patcher {
     }
 
     #[inline(never)]
-    fn valid_1d<T: Copy + Datum, W: PackingWriter<T>>(
+    fn valid_1d<T: Copy + Datum, W: Im2colWriter<T>>(
         geometry: &ConcreteGeometry,
         input: &TensorView,
         g: usize,
@@ -404,7 +406,7 @@ impl Patcher {
     }
 
     #[inline(never)]
-    fn padded_1d<T: Copy + Datum, W: PackingWriter<T>>(
+    fn padded_1d<T: Copy + Datum, W: Im2colWriter<T>>(
         geometry: &ConcreteGeometry,
         input: &TensorView,
         g: usize,
@@ -454,7 +456,7 @@ impl Patcher {
     }
 
     #[inline(never)]
-    fn padded_2d<T: Copy + Datum, W: PackingWriter<T>>(
+    fn padded_2d<T: Copy + Datum, W: Im2colWriter<T>>(
         geometry: &ConcreteGeometry,
         input: &TensorView,
         g: usize,
@@ -522,18 +524,16 @@ impl Patcher {
     }
 
     #[inline(never)]
-    unsafe fn padded_invalid_x_loop<T: Copy + Datum, W: PackingWriter<T>>(
+    unsafe fn padded_invalid_x_loop<T: Copy + Datum, W: Im2colWriter<T>>(
         count: usize,
         pad_value: T,
         writer: &mut W,
     ) {
-        for _ in 0..count {
-            writer.write(pad_value);
-        }
+        writer.write_repeated(pad_value, count);
     }
 
     #[inline(never)]
-    unsafe fn padded_valid_x_loop<T: Copy + Datum, W: PackingWriter<T>>(
+    unsafe fn padded_valid_x_loop<T: Copy + Datum, W: Im2colWriter<T>>(
         x_min: isize,
         x_max: isize,
         x_stride_ptr: isize,
@@ -548,15 +548,19 @@ impl Patcher {
                 let row = std::slice::from_raw_parts(iptr.offset(x_min), (x_max - x_min) as usize);
                 writer.write_slice(row);
             }
-        } else {
-            for x in x_min..x_max {
-                writer.write(unsafe { *iptr.offset(x * x_stride_ptr) });
-            }
+        } else if x_max > x_min {
+            unsafe {
+                writer.write_strided(
+                    iptr.offset(x_min * x_stride_ptr),
+                    x_stride_ptr,
+                    (x_max - x_min) as usize,
+                )
+            };
         }
     }
 
     #[inline(never)]
-    fn valid_2d<T: Copy + Datum, W: PackingWriter<T>>(
+    fn valid_2d<T: Copy + Datum, W: Im2colWriter<T>>(
         geometry: &ConcreteGeometry,
         input: &TensorView,
         g: usize,
@@ -599,6 +603,263 @@ impl Patcher {
                 }
             }
             Ok(())
+        }
+    }
+}
+
+/// What the patchers need of a packing writer: values one at a time or in slices
+/// ([`PackingWriter`]), and a strided run or a run of padding, which a writer that gathers rows
+/// takes faster than value by value (the defaults write them so).
+trait Im2colWriter<T: Copy>: PackingWriter<T> {
+    /// `count` values, `stride` values apart from `from` on.
+    ///
+    /// # Safety
+    /// `from` must be valid for those `count` reads.
+    #[inline(always)]
+    unsafe fn write_strided(&mut self, from: *const T, stride: isize, count: usize) {
+        for i in 0..count {
+            self.write(unsafe { *from.offset(i as isize * stride) });
+        }
+    }
+
+    /// `count` copies of `value`.
+    #[inline(always)]
+    fn write_repeated(&mut self, value: T, count: usize) {
+        for _ in 0..count {
+            self.write(value);
+        }
+    }
+}
+
+impl<T: Copy + std::fmt::Debug> Im2colWriter<T> for KOutWriter<'_, T> {}
+
+/// Im2col's writer for the K=4-inner packing (`PackedI8K4`). The patchers feed it K-outer (for
+/// each k, all `n` columns in order), so it gathers four K rows contiguously (a copy per slice),
+/// then lays each group of four into the panels, four bytes a column (`ST4` on aarch64). The
+/// output is byte-identical to `PackedI8K4::write_with_k_outer`'s writer, which instead places
+/// every value at its panel offset one at a time (~13 instructions a byte on a Cortex-A76).
+struct K4RowsWriter<T> {
+    panels: *mut T,
+    r: usize,
+    panel_len: usize,
+    n: usize,
+    /// Four K rows of `n` values each, filled in order.
+    rows: Vec<T>,
+    filled: usize,
+    /// The group of four K rows being gathered.
+    k_block: usize,
+}
+
+impl<T: Copy + num_traits::Zero> K4RowsWriter<T> {
+    fn new(panels: *mut T, r: usize, panel_len: usize, n: usize) -> Self {
+        K4RowsWriter {
+            panels,
+            r,
+            panel_len,
+            n,
+            rows: vec![T::zero(); 4 * n],
+            filled: 0,
+            k_block: 0,
+        }
+    }
+
+    /// Counts `count` values written into the rows: the fourth row complete, lays the group out.
+    /// (The patchers' runs lie within one K row, so within the four rows gathered.)
+    #[inline(always)]
+    fn advance(&mut self, count: usize) {
+        self.filled += count;
+        if self.filled == self.rows.len() {
+            self.flush();
+        }
+    }
+
+    /// Lays out a last group of fewer than four K rows (the missing rows are the K padding, zero).
+    fn finish(&mut self) {
+        if self.filled > 0 {
+            self.rows[self.filled..].fill(T::zero());
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let n = self.n;
+        let (r0, rest) = self.rows.split_at(n);
+        let (r1, rest) = rest.split_at(n);
+        let (r2, r3) = rest.split_at(n);
+        // SAFETY: the buffer holds ceil(n / r) panels of `panel_len` (≥ 4·r per K group)
+        // values, and `k_block` counts the groups of the `k` rows fed so far.
+        unsafe {
+            interleave4_panels(
+                [r0, r1, r2, r3],
+                self.r,
+                self.panel_len,
+                self.panels.add(self.k_block * self.r * 4),
+            )
+        };
+        self.filled = 0;
+        self.k_block += 1;
+    }
+}
+
+/// Lays four K rows of `n` columns into their group of the panels: the values of columns
+/// `p·r .. p·r + r` go to `dst + p·panel_len`, four consecutive values a column
+/// (`dst[p·panel_len + 4·i + j] = row_j[p·r + i]`).
+///
+/// # Safety
+/// `dst` must be valid for the writes into `ceil(n / r)` panels of `panel_len` values (≥ 4·r).
+pub(crate) unsafe fn interleave4_panels<T: Copy>(
+    rows: [&[T]; 4],
+    r: usize,
+    panel_len: usize,
+    dst: *mut T,
+) {
+    let n = rows[0].len();
+    let full = n / r;
+    if !unsafe { st4_panels(rows, full, r, panel_len, dst) } {
+        for panel in 0..full {
+            let columns = rows.map(|row| &row[panel * r..(panel + 1) * r]);
+            unsafe { interleave4(columns, dst.add(panel * panel_len)) };
+        }
+    }
+    if n % r != 0 {
+        unsafe { interleave4(rows.map(|row| &row[full * r..]), dst.add(full * panel_len)) };
+    }
+}
+
+/// [`interleave4_panels`]' `full` whole panels with one `ST4` each, where the values are bytes
+/// and the panels 8 columns wide (the SDOT kernel's); false, writing nothing, elsewhere.
+#[cfg(target_arch = "aarch64")]
+unsafe fn st4_panels<T: Copy>(
+    rows: [&[T]; 4],
+    full: usize,
+    r: usize,
+    panel_len: usize,
+    dst: *mut T,
+) -> bool {
+    use std::arch::aarch64::*;
+    if std::mem::size_of::<T>() != 1 || r != 8 {
+        return false;
+    }
+    let [r0, r1, r2, r3] = rows.map(|row| row.as_ptr() as *const u8);
+    for panel in 0..full {
+        let at = panel * 8;
+        unsafe {
+            let columns = uint8x8x4_t(
+                vld1_u8(r0.add(at)),
+                vld1_u8(r1.add(at)),
+                vld1_u8(r2.add(at)),
+                vld1_u8(r3.add(at)),
+            );
+            vst4_u8(dst.add(panel * panel_len) as *mut u8, columns);
+        }
+    }
+    true
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+unsafe fn st4_panels<T: Copy>(_: [&[T]; 4], _: usize, _: usize, _: usize, _: *mut T) -> bool {
+    false
+}
+
+/// `dst[4·i + j] = rows[j][i]`.
+///
+/// # Safety
+/// `dst` must be valid for `4 · rows[0].len()` writes; the rows are of equal length.
+unsafe fn interleave4<T: Copy>(rows: [&[T]; 4], dst: *mut T) {
+    for i in 0..rows[0].len() {
+        for (j, row) in rows.iter().enumerate() {
+            unsafe { *dst.add(4 * i + j) = row[i] };
+        }
+    }
+}
+
+impl<T: Copy + num_traits::Zero> Im2colWriter<T> for K4RowsWriter<T> {
+    #[inline]
+    unsafe fn write_strided(&mut self, from: *const T, stride: isize, count: usize) {
+        let mut from = from;
+        for slot in &mut self.rows[self.filled..self.filled + count] {
+            unsafe {
+                *slot = *from;
+                from = from.offset(stride);
+            }
+        }
+        self.advance(count);
+    }
+
+    #[inline]
+    fn write_repeated(&mut self, value: T, count: usize) {
+        // Mostly the one value of padding at a row's end: not worth a `memset` call.
+        match count {
+            0 => {}
+            1 => self.write(value),
+            _ => {
+                self.rows[self.filled..self.filled + count].fill(value);
+                self.advance(count);
+            }
+        }
+    }
+}
+
+impl<T: Copy + num_traits::Zero> PackingWriter<T> for K4RowsWriter<T> {
+    #[inline(always)]
+    fn write(&mut self, t: T) {
+        self.rows[self.filled] = t;
+        self.advance(1);
+    }
+
+    #[inline]
+    fn write_slice(&mut self, ts: &[T]) {
+        self.rows[self.filled..self.filled + ts.len()].copy_from_slice(ts);
+        self.advance(ts.len());
+    }
+}
+
+#[cfg(test)]
+mod k4_rows_writer {
+    use super::*;
+    use tract_linalg::pack::KOut4Writer;
+
+    impl<T: Copy + std::fmt::Debug> Im2colWriter<T> for KOut4Writer<'_, T> {}
+
+    /// Feeds `k` rows of `n` values K-outer, in runs of `run` values, to both writers, each run
+    /// through another of the writers' methods.
+    fn both_writers(r: usize, k: usize, n: usize, run: usize) -> (Vec<i8>, Vec<i8>) {
+        let format = PackedI8K4::new(r);
+        let len = format.len(k, n);
+        let values: Vec<i8> = (0..k * n).map(|i| (i * 37 % 251) as u8 as i8).collect();
+        let (mut expected, mut got) = (vec![0i8; len], vec![0i8; len]);
+        let mut reference = format.write_with_k_outer(expected.as_mut_ptr(), k, n);
+        let mut rows = K4RowsWriter::new(got.as_mut_ptr(), r, format.single_panel_len(k), n);
+        fn feed<W: Im2colWriter<i8>>(writer: &mut W, part: &[i8], method: usize) {
+            let spread: Vec<i8> = part.iter().flat_map(|v| [*v, 0]).collect();
+            match method {
+                0 => part.iter().for_each(|v| writer.write(*v)),
+                1 => writer.write_slice(part),
+                2 => unsafe { writer.write_strided(spread.as_ptr(), 2, part.len()) },
+                _ => writer.write_repeated(part[0], part.len()),
+            }
+        }
+        for row in values.chunks(n) {
+            for (method, part) in row.chunks(run).enumerate() {
+                feed(&mut reference, part, method % 4);
+                feed(&mut rows, part, method % 4);
+            }
+        }
+        rows.finish();
+        (expected, got)
+    }
+
+    #[test]
+    fn lays_out_the_same_bytes_as_the_k_outer_writer() {
+        for r in [4, 8, 32] {
+            for k in [1, 3, 4, 9, 27, 64] {
+                for n in [1, 7, 8, 9, 49, 56] {
+                    for run in [1, 5, n] {
+                        let (expected, got) = both_writers(r, k, n, run);
+                        assert_eq!(expected, got, "r={r} k={k} n={n} run={run}");
+                    }
+                }
+            }
         }
     }
 }

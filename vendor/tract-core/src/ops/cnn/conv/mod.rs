@@ -16,6 +16,7 @@ pub use self::blocked::BlockedConv;
 pub use self::conv::Conv;
 pub use self::direct_spatial::DirectSpatialConv;
 pub use self::im2col::Im2Col;
+pub(crate) use self::im2col::interleave4_panels;
 pub(crate) use self::q_sum_b::QSumB;
 
 #[derive(Debug, Copy, Clone, PartialEq, Eq, Hash, Default)]
