@@ -4,9 +4,9 @@ use ndarray::*;
 use tract_linalg::block_quant::{
     BlockQuantStorage, PackedBlockQuantFact, PackedBlockQuantFormat, block_quant_slice,
 };
-use tract_linalg::mmm::{MMMInputFormat, MMMInputValue, PackedMatrixStorage};
-
-use tract_linalg::mmm::{EagerPackedInput, PackedExoticFact};
+use tract_linalg::mmm::{
+    EagerPackedInput, MMMInputFormat, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
+};
 use tract_linalg::pack::PackedI8K4;
 
 use super::ModePicker;
@@ -31,6 +31,8 @@ unsafe fn prepare_one_view(
     }
 }
 
+/// `format.pack_view(view, k_axis, mn_axis)` for a byte-sized view whose mn axis is contiguous:
+/// each group of four K rows is interleaved into the panels whole.
 unsafe fn pack_k4_by_rows(
     format: &PackedI8K4,
     view: &TensorView,
