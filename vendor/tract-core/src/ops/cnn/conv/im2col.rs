@@ -523,7 +523,7 @@ impl Patcher {
         Ok(())
     }
 
-    #[inline(never)]
+    #[inline(always)]
     unsafe fn padded_invalid_x_loop<T: Copy + Datum, W: Im2colWriter<T>>(
         count: usize,
         pad_value: T,
@@ -532,7 +532,7 @@ impl Patcher {
         writer.write_repeated(pad_value, count);
     }
 
-    #[inline(never)]
+    #[inline(always)]
     unsafe fn padded_valid_x_loop<T: Copy + Datum, W: Im2colWriter<T>>(
         x_min: isize,
         x_max: isize,
