@@ -445,6 +445,8 @@ impl V4l2Camera {
         if query.flags & DISABLED != 0 || ![INTEGER, BOOLEAN, MENU].contains(&query.type_) {
             return None;
         }
+        // `c_char` is i8 on x86_64 and u8 on aarch64: the cast is needed on one, a no-op on the other.
+        #[allow(clippy::unnecessary_cast)]
         let name: Vec<u8> = query
             .name
             .iter()
