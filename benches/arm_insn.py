@@ -197,7 +197,8 @@ def per_embedding(args):
     lo, hi = (run_count(args, extra + ["--runs", str(r)], r, tag) for r in (args.lo, args.hi))
     k = args.hi - args.lo
     syms = difference(hi[2], lo[2], k)
-    mn = {m: (hi[1].get(m, 0) - lo[1].get(m, 0)) / k for m in MNEMONICS}
+    step = difference(hi[1], lo[1], k)
+    mn = {m: step.get(m, 0) for m in MNEMONICS}
     return (hi[0] - lo[0]) / k, syms, mn, tag
 
 
