@@ -45,7 +45,9 @@ unsafe fn pack_k4_by_rows(
     let panel_len = format.single_panel_len(k);
     let mut blob =
         unsafe { Blob::new_for_size_and_align(mn.divceil(r) * panel_len, format.alignment()) };
-    blob.as_bytes_mut().fill(0);
+    // Every whole panel is written below, its K padding as zeros; the partial last panel's
+    // mn-padding lanes are not, and are zeroed as `pack_view` leaves them.
+    blob.as_bytes_mut()[(mn / r) * panel_len..].fill(0);
     let zeros = vec![0i8; mn];
     unsafe {
         let src = view.as_ptr_unchecked::<i8>();

@@ -151,17 +151,17 @@ impl EvalOp for Im2Col {
             }
             let dt = input.datum_type();
             let r = geometry.out_format.r();
-            // Buffer geometry. zero_init for PackedI8K4: the K=4-inner writer skips
-            // the K-padding lanes (k..k_aligned), which SMOPA accumulates — they must
-            // be 0. PackedFormat has no K padding; its mn-padding lanes are computed
-            // on (then discarded) by the kernel, so the partial last panel still
-            // needs zeroing — garbage there decodes to denormals that stall the fp
-            // pipeline. Done after allocation below.
-            let (single_panel_len, buf_align, zero_init) =
+            // Buffer geometry. The writers fill every whole panel: PackedFormat has no K
+            // padding, and K4RowsWriter writes PackedI8K4's K-padding lanes (k..k_aligned,
+            // which SMOPA accumulates) as zeros. The mn-padding lanes of the partial last
+            // panel are computed on (then discarded) by the kernel, so they still need
+            // zeroing — garbage there decodes to denormals that stall the fp pipeline.
+            // Done after allocation below.
+            let (single_panel_len, buf_align) =
                 if let Some(pf) = geometry.out_format.downcast_ref::<PackedFormat>() {
-                    (pf.single_panel_len(geometry.k), pf.alignment(), false)
+                    (pf.single_panel_len(geometry.k), pf.alignment())
                 } else if let Some(p4) = geometry.out_format.downcast_ref::<PackedI8K4>() {
-                    (p4.single_panel_len(geometry.k), p4.alignment(), true)
+                    (p4.single_panel_len(geometry.k), p4.alignment())
                 } else {
                     bail!("Im2Col: unsupported packing format {:?}", geometry.out_format)
                 };
@@ -182,9 +182,7 @@ impl EvalOp for Im2Col {
                         &[n.divceil(r) * single_panel_len],
                         buf_align,
                     )?;
-                    if zero_init {
-                        data.as_bytes_mut().fill(0);
-                    } else if n % r != 0 {
+                    if n % r != 0 {
                         data.as_bytes_mut()[(n / r) * panel_bytes..].fill(0);
                     }
                     if n > 0 {
@@ -827,7 +825,10 @@ mod k4_rows_writer {
         let format = PackedI8K4::new(r);
         let len = format.len(k, n);
         let values: Vec<i8> = (0..k * n).map(|i| (i * 37 % 251) as u8 as i8).collect();
-        let (mut expected, mut got) = (vec![0i8; len], vec![0i8; len]);
+        // The reference writer skips the K padding, so its buffer starts zeroed; the new one's
+        // starts as garbage but for the partial last panel's lanes, as `Im2Col::eval` leaves it.
+        let (mut expected, mut got) = (vec![0i8; len], vec![0x55i8; len]);
+        got[(n / r) * format.single_panel_len(k)..].fill(0);
         let mut reference = format.write_with_k_outer(expected.as_mut_ptr(), k, n);
         let mut rows = K4RowsWriter::new(got.as_mut_ptr(), r, format.single_panel_len(k), n);
         fn feed<W: Im2colWriter<i8>>(writer: &mut W, part: &[i8], method: usize) {
