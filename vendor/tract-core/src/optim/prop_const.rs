@@ -14,8 +14,8 @@ use crate::optim::{CONST_FOLD_MEM_BUDGET, OptimizerSession};
 /// [`CONST_FOLD_MEM_BUDGET`] is weighed only against an input that has several
 /// successors, so a large weight is not duplicated once per consumer; a
 /// sole-consumer input, or any input of a `Slice`, is exempt whatever its size.
-/// Every fold, including each step of the walk, must additionally keep its output
-/// within the allowance.
+/// Every fold must additionally keep its output within the allowance; a step of the walk may
+/// exceed it on the way to a result that is within it (a weight widened, then summed).
 #[derive(Clone, Debug, Default)]
 pub struct PropConst(usize);
 
@@ -64,15 +64,15 @@ impl super::TypedPass for PropConst {
                     Ok(None) => (),
                     Ok(Some(mut res)) => {
                         self.0 = node.id;
-                        let output_mem: u64 = res
-                            .iter()
-                            .map(|t| (t.datum_type().size_of() * t.volume()) as u64)
-                            .sum();
-                        if output_mem > input_mem.max(CONST_FOLD_MEM_BUDGET) {
-                            continue;
-                        }
+                        let allowance = input_mem.max(CONST_FOLD_MEM_BUDGET);
                         let mut node = node;
+                        // An output over the allowance is not folded, but the walk goes on
+                        // through it: a weight widened to i32 and then summed per row ends
+                        // within the allowance, and that sum is worth folding. Such a step
+                        // lives only while optimising, within `STEP_ALLOWANCE_FACTOR` times
+                        // the allowance.
                         loop {
+                            let over = tvalues_mem(&res) > allowance;
                             let Some(succ) = model.single_succ(node.id)? else {
                                 break;
                             };
@@ -82,15 +82,17 @@ impl super::TypedPass for PropConst {
                             let Ok(Some(succ_res)) = succ.op.eval_out_of_plan(res.clone()) else {
                                 break;
                             };
-                            let succ_mem: u64 = succ_res
-                                .iter()
-                                .map(|t| (t.datum_type().size_of() * t.volume()) as u64)
-                                .sum();
-                            if succ_mem > input_mem.max(CONST_FOLD_MEM_BUDGET) {
+                            let succ_mem = tvalues_mem(&succ_res);
+                            if succ_mem > allowance
+                                && (!over || succ_mem > allowance * STEP_ALLOWANCE_FACTOR)
+                            {
                                 break;
                             }
                             res = succ_res;
                             node = succ;
+                        }
+                        if tvalues_mem(&res) > allowance {
+                            continue;
                         }
                         let mut patch = TypedModelPatch::default();
                         for (ix, output) in res.into_iter().enumerate() {
@@ -127,6 +129,14 @@ impl super::TypedPass for PropConst {
         }
         Ok(None)
     }
+}
+
+/// How far over the allowance an intermediate of a folded walk may grow (an i8 weight widened to
+/// i64 is 8 times its size).
+const STEP_ALLOWANCE_FACTOR: u64 = 8;
+
+fn tvalues_mem(values: &[TValue]) -> u64 {
+    values.iter().map(|t| (t.datum_type().size_of() * t.volume()) as u64).sum()
 }
 
 #[cfg(test)]
@@ -171,6 +181,41 @@ mod tests {
             .map(|n| n.name.as_str())
             .collect();
         assert!(live.is_empty(), "expected a fully folded graph, got {live:?}");
+        Ok(())
+    }
+
+    /// A shared i8 weight inside the budget, widened to i32 (over the budget) and summed per row
+    /// (far under it), as a quantised convolution's zero-point correction does: the sums are
+    /// folded, the widened copy is not kept.
+    #[test]
+    fn fold_widened_then_summed_weight() -> TractResult<()> {
+        let mut model = TypedModel::default();
+        let rows = 64;
+        let cols = (CONST_FOLD_MEM_BUDGET / 2) as usize / rows;
+        let weight: Vec<i8> = (0..rows * cols).map(|i| (i % 251) as i8).collect();
+        let weight = model.add_const("weight", Tensor::from_shape(&[rows, cols], &weight)?)?;
+        let wide = model.wire_node("wide", crate::ops::cast::cast(i32::datum_type()), &[weight])?;
+        let sums = model.wire_node(
+            "sums",
+            crate::ops::nn::Reduce::new(tvec!(1), crate::ops::nn::Reducer::Sum),
+            &wide,
+        )?[0];
+        let one = model.add_const("one", tensor2(&[[1i8]]))?;
+        let other = model.wire_node("other", math::add(), &[weight, one])?[0];
+        model.select_output_outlets(&[sums, other])?;
+
+        let decluttered = model.into_decluttered()?;
+        let sums = decluttered.output_outlets()?[0];
+        let folded = decluttered.outlet_fact(sums)?.konst.clone().expect("row sums folded");
+        let want: Vec<i32> = (0..rows)
+            .map(|r| (0..cols).map(|c| ((r * cols + c) % 251) as i8 as i32).sum())
+            .collect();
+        assert_eq!(folded.try_as_plain_ram()?.as_slice::<i32>()?, &want[..]);
+        assert!(
+            decluttered.nodes.iter().all(|n| n.outputs[0].fact.datum_type != i32::datum_type()
+                || n.outputs[0].fact.shape.volume().as_i64() == Some(rows as i64)),
+            "the widened weight must not stay in the graph"
+        );
         Ok(())
     }
 
