@@ -31,8 +31,9 @@ fn merge_same_role_axes_rule(
     node_name: &str,
     op: &EinSum,
 ) -> TractResult<Option<TypedModelPatch>> {
-    // Only handle 2-input EinSums (matmul-like)
-    rule_if!(node.inputs.len() == 2);
+    // Only handle 2-input EinSums (matmul-like), or quantised ones, whose other inputs (bias,
+    // zero points, scales) the merged axes must not reach (checked below).
+    rule_if!(node.inputs.len() == 2 || op.q_params.is_some());
 
     // Compute role signature for each axis: (in_input_0, in_input_1, in_output)
     type Role = (bool, bool, bool);
@@ -134,7 +135,12 @@ fn merge_same_role_axes_rule(
         // Decline merges that combine fewer than two non-unit axes: they don't
         // shrink the matmul loop count, they only add reshapes / a MoveAxis.
         let worth_merging = group.iter().filter(|c| is_non_unit(c)).count() >= 2;
-        if !dims_match || !worth_merging {
+        // A quantised EinSum's bias and quantisation parameters (inputs 2 and on) keep their
+        // shapes, so none of them may carry a merged axis.
+        let in_quant_params = group.iter().any(|c| {
+            op.axes.axis(*c).is_ok_and(|axis| axis.inputs.iter().skip(2).any(|at| !at.is_empty()))
+        });
+        if !dims_match || !worth_merging || in_quant_params {
             best_group = None;
         }
     }
@@ -193,8 +199,14 @@ fn merge_same_role_axes_rule(
         // Rebuild EinSum formula with adjusted output and dropped axes
         let in0: String = a_order.iter().collect();
         let in1: String = b_order.iter().collect();
+        let quant_params: String = (2..node.inputs.len())
+            .map(|slot| {
+                let axes: String = op.axes.axes(InOut::In(slot)).map(|a| a.repr).collect();
+                format!(",{axes}")
+            })
+            .collect();
         let out: String = adjusted_c_order.iter().collect();
-        let expr = format!("{in0},{in1}->{out}");
+        let expr = format!("{in0},{in1}{quant_params}->{out}");
         let mut new_axes: AxesMapping = expr.parse()?;
         for &drop in &drop_set {
             new_axes = new_axes.remove_axis(drop)?;
@@ -255,6 +267,8 @@ fn merge_same_role_axes_rule(
 
     // Second pass: look for same-role pairs separated by exactly one k-like axis
     // in a single input. Insert a MoveAxis to push the separator to the end.
+    // (Plain products only: the first pass is all a quantised one gets.)
+    rule_if!(node.inputs.len() == 2);
     let k_role: Role = (true, true, false); // present in both inputs, absent from output
     let role_of = |c: char| axes.iter().find(|(ch, _)| *ch == c).map(|(_, r)| *r);
 
@@ -1034,4 +1048,73 @@ fn optimized_mat_mul(
     let output = patch.wire_node(name, opt, &[pa, pb])?[0];
     patch.shunt_outside(model, node.id.into(), output)?;
     Ok(Some(patch))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+    use crate::ops::matmul::optimized::OptMatMul;
+    use crate::ops::nn::DataFormat;
+
+    const CI: usize = 8;
+    const CO: usize = 16;
+
+    /// A quantised 1×1 convolution (i8 in and out) of a `1 × CI × h × w` input, optimised.
+    fn quantised_1x1(h: usize, w: usize) -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", i8::fact([1, CI, h, w]))?;
+        let kernel: Vec<i8> = (0..CO * CI).map(|i| (i * 37 % 61) as i8 - 30).collect();
+        let bias: Vec<i32> = (0..CO as i32).collect();
+        let mut inputs = tvec!(
+            x,
+            model.add_const("kernel", Tensor::from_shape(&[CO, CI, 1, 1], &kernel)?)?,
+            model.add_const("bias", Tensor::from_shape(&[CO], &bias)?)?,
+        );
+        for (name, value) in [
+            ("x0", tensor0(3i32)),
+            ("x_scale", tensor0(0.05f32)),
+            ("k0", tensor0(0i32)),
+            ("k_scale", tensor0(0.02f32)),
+            ("y0", tensor0(-4i32)),
+            ("y_scale", tensor0(0.09f32)),
+        ] {
+            inputs.push(model.add_const(name, value)?);
+        }
+        let pool_spec =
+            PoolSpec::new(DataFormat::NCHW, tvec![1, 1], PaddingSpec::Valid, None, None, CI, CO);
+        let conv = Conv {
+            pool_spec,
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: Some(i8::datum_type()),
+        };
+        let wire = model.wire_node("conv", conv, &inputs)?;
+        model.select_output_outlets(&wire)?;
+        model.into_optimized()
+    }
+
+    /// A quantised 1×1 convolution's two spatial axes merge into the N axis of a single product
+    /// (not one product per image row), and it gives the bytes the per-row products give.
+    #[test]
+    fn quantised_1x1_conv_merges_its_spatial_axes() -> TractResult<()> {
+        let (h, w) = (5, 7);
+        let merged = quantised_1x1(h, w)?;
+        let products: Vec<&TypedNode> =
+            merged.nodes.iter().filter(|n| n.op_is::<OptMatMul>()).collect();
+        assert_eq!(products.len(), 1);
+        let batches = merged.outlet_fact(products[0].inputs[0])?.shape.as_concrete().unwrap();
+        assert_eq!(batches.iter().product::<usize>(), 1, "one product over all {h}×{w} pixels");
+
+        let values: Vec<i8> = (0..CI * h * w).map(|i| (i * 53 % 255) as u8 as i8).collect();
+        let input = Tensor::from_shape(&[1, CI, h, w], &values)?;
+        let got = merged.into_runnable()?.run(tvec!(input.clone().into_tvalue()))?.remove(0);
+        let row = quantised_1x1(1, w)?.into_runnable()?;
+        for y in 0..h {
+            let input_row = input.slice(2, y, y + 1)?;
+            let want = row.run(tvec!(input_row.into_tvalue()))?.remove(0);
+            assert_eq!(got.slice(2, y, y + 1)?, want.into_tensor(), "row {y}");
+        }
+        Ok(())
+    }
 }
