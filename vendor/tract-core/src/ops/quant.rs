@@ -162,25 +162,21 @@ impl TypedOp for DequantizeLinearF32 {
         model: &TypedModel,
         dequant: &TypedNode,
     ) -> TractResult<Option<TypedModelPatch>> {
+        if let Some(patch) = self.table_then_max_pool(model, dequant)? {
+            return Ok(Some(patch));
+        }
         let mut current = dequant;
         let incoming_dt = model.node_input_facts(dequant.id)?[0].datum_type;
         while let Some(quant) = model.single_succ(current.id)? {
-            let q_params = if let Some(op) = quant.op_as::<ElementWiseOp>() {
-                if let Some(mop) = op.0.downcast_ref::<QuantizeLinearU8>() {
-                    Some((mop.scale, mop.zero_point as i32, u8::datum_type()))
-                } else {
-                    op.0.downcast_ref::<QuantizeLinearI8>()
-                        .map(|mop| (mop.scale, mop.zero_point as i32, i8::datum_type()))
-                }
-            } else {
-                None
-            };
-            if let Some((scale, zero_point, dt)) = q_params {
+            if let Some((scale, zero_point, dt)) = quantize_params(quant) {
                 // first, try Op::quantize() on all ops in the chain
                 let mut patch = TypedModelPatch::default();
                 let mut wire: OutletId = patch.tap_model(model, dequant.inputs[0])?;
                 let mut next = model.single_succ(dequant.id)?.unwrap();
                 loop {
+                    if next.inputs.len() != 1 {
+                        break;
+                    }
                     if let Some(op) = next
                         .op
                         .quantize(model, dequant, dt, scale, zero_point)
@@ -199,51 +195,17 @@ impl TypedOp for DequantizeLinearF32 {
                 }
                 // or else make a lookup table
                 if incoming_dt == DatumType::I8 || incoming_dt == DatumType::U8 {
-                    let mut adhoc_model = TypedModel::default();
-                    let mut wire = adhoc_model.add_source("ad-hoc", dt.fact([256]))?;
+                    let mut chain = tvec!();
                     let mut next = model.single_succ(dequant.id)?.unwrap();
-                    let mut name = None;
-                    // plug in dequant
-                    wire = adhoc_model.wire_node(
-                        &*dequant.name,
-                        dequant.op.clone(),
-                        [wire].as_ref(),
-                    )?[0];
                     while next.id != quant.id {
-                        name.get_or_insert(&*next.name);
-                        wire =
-                            adhoc_model.wire_node(&*next.name, next.op.clone(), [wire].as_ref())?
-                                [0];
+                        chain.push(next);
                         next = model.single_succ(next.id)?.unwrap();
                     }
-                    // plug in quant
-                    wire =
-                        adhoc_model.wire_node(&*quant.name, quant.op.clone(), [wire].as_ref())?[0];
-                    adhoc_model.select_output_outlets(&[wire])?;
-                    let input = (0u8..=255).collect::<Vec<u8>>();
-                    let input = match dt {
-                        DatumType::I8 => unsafe {
-                            tensor1(std::mem::transmute::<&[u8], &[i8]>(&*input))
-                        },
-                        DatumType::U8 => tensor1(&input),
-                        _ => unreachable!(),
-                    };
-                    let output =
-                        SimplePlan::new(adhoc_model)?.run(tvec!(input.into_tvalue()))?.remove(0);
-                    let table: &[u8] = match dt {
-                        DatumType::I8 => unsafe {
-                            std::mem::transmute::<&[i8], &[u8]>(
-                                output.try_as_plain_ram()?.as_slice::<i8>()?,
-                            )
-                        },
-                        DatumType::U8 => output.try_as_plain_ram()?.as_slice::<u8>()?,
-                        _ => unreachable!(),
-                    };
-                    let op = lookup_table(tract_linalg::routines::lut_u8(table)?);
+                    let op = lookup_table(chain_table(model, dequant, &chain, quant, dt)?);
+                    let name = chain.first().map(|node| &*node.name).unwrap_or(&*dequant.name);
                     let mut patch = TypedModelPatch::default();
                     let mut wire: OutletId = patch.tap_model(model, dequant.inputs[0])?;
-
-                    wire = patch.wire_node(name.unwrap_or(&*dequant.name), op, [wire].as_ref())?[0];
+                    wire = patch.wire_node(name, op, [wire].as_ref())?[0];
                     patch.shunt_outside(model, OutletId::new(quant.id, 0), wire)?;
                     return Ok(Some(patch));
                 }
@@ -253,7 +215,7 @@ impl TypedOp for DequantizeLinearF32 {
                 .op
                 .axes_mapping(&input_facts, &output_facts)
                 .with_context(|| format!("Querying invariants for {quant}"))?;
-            if invariants.is_element_wise_unary() {
+            if invariants.is_element_wise_unary() || scalar_operand(model, quant)?.is_some() {
                 current = quant;
             } else {
                 break;
@@ -265,24 +227,184 @@ impl TypedOp for DequantizeLinearF32 {
     as_op!();
 }
 
+impl DequantizeLinearF32 {
+    /// Dequantise, ReLU-like clamps (`max` or `min` against a constant), a max pool and quantise
+    /// again, as a quantised network's stem runs them: a look-up table of the element-wise part,
+    /// then the same max pool on its bytes. Every step is monotonic (the scales are positive), so
+    /// the maximum commutes with them and the bytes are the same, for a quarter of the data the
+    /// pool reads and writes in f32.
+    fn table_then_max_pool(
+        &self,
+        model: &TypedModel,
+        dequant: &TypedNode,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        let incoming_dt = model.node_input_facts(dequant.id)?[0].datum_type;
+        rule_if!(incoming_dt == DatumType::I8 || incoming_dt == DatumType::U8);
+        rule_if!(self.scale > 0.0);
+        let mut chain = tvec!();
+        let mut next = model.single_succ(dequant.id)?;
+        while let Some(node) = next {
+            let clamp = node
+                .op_as::<TypedBinOp>()
+                .is_some_and(|op| op.0.is::<super::math::Max>() || op.0.is::<super::math::Min>());
+            if !(clamp && scalar_operand(model, node)?.is_some()) {
+                break;
+            }
+            chain.push(node);
+            next = model.single_succ(node.id)?;
+        }
+        rule_if_some!(pool = next);
+        rule_if!(
+            pool.op_as::<super::cnn::MaxPool>().is_some_and(|op| op.with_index_outputs.is_none())
+        );
+        rule_if_some!(quant = model.single_succ(pool.id)?);
+        rule_if_some!((scale, _, dt) = quantize_params(quant));
+        rule_if!(scale > 0.0);
+        let table = lookup_table(chain_table(model, dequant, &chain, quant, dt)?);
+        let name = chain.first().map(|node| &*node.name).unwrap_or(&*dequant.name);
+        let mut patch = TypedModelPatch::default();
+        let wire = patch.tap_model(model, dequant.inputs[0])?;
+        let wire = patch.wire_node(name, table, &[wire])?;
+        let wire = patch.wire_node(&*pool.name, pool.op.clone(), &wire)?[0];
+        patch.shunt_outside(model, OutletId::new(quant.id, 0), wire)?;
+        Ok(Some(patch))
+    }
+}
+
+/// The inverse scale, zero point and output type of a quantising node.
+fn quantize_params(node: &TypedNode) -> Option<(f32, i32, DatumType)> {
+    let op = node.op_as::<ElementWiseOp>()?;
+    if let Some(op) = op.0.downcast_ref::<QuantizeLinearU8>() {
+        Some((op.scale, op.zero_point as i32, u8::datum_type()))
+    } else {
+        op.0.downcast_ref::<QuantizeLinearI8>()
+            .map(|op| (op.scale, op.zero_point as i32, i8::datum_type()))
+    }
+}
+
+/// The table of `dequant`, then `chain` (unary ops, or binary ones with a constant operand), then
+/// `quant`, over the 256 values of a byte of type `dt`.
+fn chain_table(
+    model: &TypedModel,
+    dequant: &TypedNode,
+    chain: &[&TypedNode],
+    quant: &TypedNode,
+    dt: DatumType,
+) -> TractResult<Box<dyn Lut>> {
+    let mut adhoc_model = TypedModel::default();
+    let mut wire = adhoc_model.add_source("ad-hoc", dt.fact([256]))?;
+    wire = adhoc_model.wire_node(&*dequant.name, dequant.op.clone(), [wire].as_ref())?[0];
+    for node in chain {
+        let inputs = match scalar_operand(model, node)? {
+            Some((slot, value)) => {
+                let value = adhoc_model.add_const(format!("{}.operand", node.name), value)?;
+                if slot == 0 { tvec!(value, wire) } else { tvec!(wire, value) }
+            }
+            None => tvec!(wire),
+        };
+        wire = adhoc_model.wire_node(&*node.name, node.op.clone(), &inputs)?[0];
+    }
+    wire = adhoc_model.wire_node(&*quant.name, quant.op.clone(), [wire].as_ref())?[0];
+    adhoc_model.select_output_outlets(&[wire])?;
+    let input = (0u8..=255).collect::<Vec<u8>>();
+    let input = match dt {
+        DatumType::I8 => unsafe { tensor1(std::mem::transmute::<&[u8], &[i8]>(&*input)) },
+        DatumType::U8 => tensor1(&input),
+        _ => unreachable!(),
+    };
+    let output = SimplePlan::new(adhoc_model)?.run(tvec!(input.into_tvalue()))?.remove(0);
+    let table: &[u8] = match dt {
+        DatumType::I8 => unsafe {
+            std::mem::transmute::<&[i8], &[u8]>(output.try_as_plain_ram()?.as_slice::<i8>()?)
+        },
+        DatumType::U8 => output.try_as_plain_ram()?.as_slice::<u8>()?,
+        _ => unreachable!(),
+    };
+    tract_linalg::routines::lut_u8(table)
+}
+
+/// The constant operand of `node` when it is a binary op between the value a dequantised chain
+/// carries and one constant number (a ReLU is `max(x, 0)`): that operand's slot and the number as
+/// a one-value vector, so a look-up table of the chain can apply the op to its 256 inputs.
+fn scalar_operand(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(usize, Tensor)>> {
+    rule_if!(node.op_is::<TypedBinOp>() && node.inputs.len() == 2);
+    let facts = model.node_input_facts(node.id)?;
+    let slot = facts.iter().position(|fact| fact.konst.is_some());
+    rule_if_some!(slot = slot);
+    let chain = &facts[1 - slot];
+    rule_if!(chain.konst.is_none());
+    rule_if!(model.outlet_fact(node.id.into())?.shape == chain.shape);
+    let value = facts[slot].konst.as_ref().unwrap();
+    rule_if!(value.len() == 1);
+    Ok(Some((slot, value.clone().into_tensor().into_shape(&[1])?)))
+}
+
 element_wise_oop!(lookup_table,
  LookupTable {
      table: Box<dyn Lut>
  },
  [i8] => i8 |op, xs, ys| {
-     ys.copy_from_slice(xs);
      unsafe {
-         let casted = std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut u8, ys.len());
-         op.table.run(casted);
+         let xs = std::slice::from_raw_parts(xs.as_ptr() as *const u8, xs.len());
+         let ys = std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut u8, ys.len());
+         look_up(&*op.table, xs, ys);
      }
      Ok(())
  },
  [u8] => u8 |op, xs, ys| {
-     ys.copy_from_slice(xs);
-     op.table.run(ys);
+     look_up(&*op.table, xs, ys);
      Ok(())
  }
 );
+
+/// `ys[i] = table[xs[i]]`. On aarch64 sixteen bytes at a time with four `TBL`/`TBX` over the
+/// 256-byte table held in sixteen registers (tract-linalg's only table kernel there is the
+/// byte-by-byte generic one); elsewhere through `table`'s kernel, in place.
+fn look_up(table: &dyn Lut, xs: &[u8], ys: &mut [u8]) {
+    debug_assert_eq!(xs.len(), ys.len());
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of every aarch64 target; the table is 256 bytes (`Lut`'s inputs are
+        // bytes) and every access stays within xs and ys, whose lengths are equal.
+        unsafe {
+            use std::arch::aarch64::*;
+            let t = table.table();
+            assert_eq!(t.len(), 256);
+            let quarter = |q: usize| {
+                uint8x16x4_t(
+                    vld1q_u8(t.as_ptr().add(64 * q)),
+                    vld1q_u8(t.as_ptr().add(64 * q + 16)),
+                    vld1q_u8(t.as_ptr().add(64 * q + 32)),
+                    vld1q_u8(t.as_ptr().add(64 * q + 48)),
+                )
+            };
+            let (t0, t1, t2, t3) = (quarter(0), quarter(1), quarter(2), quarter(3));
+            let sixty_four = vdupq_n_u8(64);
+            let whole = xs.len() / 16 * 16;
+            for at in (0..whole).step_by(16) {
+                // TBL gives 0 for an index past its 64 bytes, TBX keeps what is there: each
+                // quarter of the table fills the lanes whose index falls in it.
+                let i0 = vld1q_u8(xs.as_ptr().add(at));
+                let i1 = vsubq_u8(i0, sixty_four);
+                let i2 = vsubq_u8(i1, sixty_four);
+                let i3 = vsubq_u8(i2, sixty_four);
+                let mut y = vqtbl4q_u8(t0, i0);
+                y = vqtbx4q_u8(y, t1, i1);
+                y = vqtbx4q_u8(y, t2, i2);
+                y = vqtbx4q_u8(y, t3, i3);
+                vst1q_u8(ys.as_mut_ptr().add(at), y);
+            }
+            for (x, y) in xs[whole..].iter().zip(&mut ys[whole..]) {
+                *y = t[*x as usize];
+            }
+        }
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        ys.copy_from_slice(xs);
+        table.run(ys);
+    }
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct Scale;
@@ -525,5 +647,95 @@ pub mod scale {
     #[test]
     fn t3() {
         test_scale(120, 101, 692.5715);
+    }
+}
+
+#[cfg(test)]
+mod fused_chains {
+    use super::*;
+    use crate::ops::math;
+
+    /// Dequantise, ReLU (`max(x, 0)` against a constant) and quantise with other parameters:
+    /// decluttered into one look-up table that gives what the three ops give, for every byte.
+    #[test]
+    fn relu_between_dequantise_and_quantise_becomes_a_table() -> TractResult<()> {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", u8::fact([2, 256]))?;
+        let dequant = DequantizeLinearF32 { scale: 0.031, zero_point: 117 };
+        let wire = model.wire_node("dequant", dequant, &[x])?;
+        let zero = model.add_const("zero", tensor2(&[[0f32]]))?;
+        let wire = model.wire_node("relu", math::max(), &[wire[0], zero])?;
+        let quant = quantize_linear_u8(0.053f32.recip(), 3);
+        let wire = model.wire_node("quant", quant, &wire)?;
+        model.select_output_outlets(&wire)?;
+
+        let bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+        let input = tvec!(Tensor::from_shape(&[2, 256], &bytes)?.into_tvalue());
+        let want = model.clone().into_runnable()?.run(input.clone())?.remove(0);
+        let decluttered = model.into_decluttered()?;
+        let ops: Vec<String> = decluttered
+            .nodes
+            .iter()
+            .filter(|n| !n.op_is::<crate::ops::source::TypedSource>())
+            .map(|n| n.op.name().to_string())
+            .collect();
+        assert_eq!(ops, ["LookupTable"]);
+        let got = decluttered.into_runnable()?.run(input)?.remove(0);
+        assert_eq!(got, want);
+        Ok(())
+    }
+
+    /// The stem of a quantised ResNet: dequantise, ReLU, a 3×3 max pool with stride 2 and padding,
+    /// quantise. Decluttered into a table and the pool on bytes; the same bytes come out.
+    #[test]
+    fn max_pool_between_dequantise_and_quantise_runs_on_bytes() -> TractResult<()> {
+        use crate::ops::cnn::{MaxPool, PaddingSpec, PoolSpec};
+        use crate::ops::nn::DataFormat;
+        let shape = [1, 3, 11, 12];
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", u8::fact(shape))?;
+        let dequant = DequantizeLinearF32 { scale: 0.031, zero_point: 117 };
+        let wire = model.wire_node("dequant", dequant, &[x])?;
+        let zero = model.add_const("zero", tensor4(&[[[[0f32]]]]))?;
+        let wire = model.wire_node("relu", math::max(), &[wire[0], zero])?;
+        let padding = PaddingSpec::ExplicitOnnxPool(tvec![1, 1], tvec![1, 1], false);
+        let pool_spec =
+            PoolSpec::new(DataFormat::NCHW, tvec![3, 3], padding, None, Some(tvec![2, 2]), 3, 3);
+        let wire =
+            model.wire_node("pool", MaxPool { pool_spec, with_index_outputs: None }, &wire)?;
+        let quant = quantize_linear_u8(0.047f32.recip(), 5);
+        let wire = model.wire_node("quant", quant, &wire)?;
+        model.select_output_outlets(&wire)?;
+
+        let bytes: Vec<u8> =
+            (0..shape.iter().product::<usize>()).map(|i| (i * 89 % 256) as u8).collect();
+        let input = tvec!(Tensor::from_shape(&shape, &bytes)?.into_tvalue());
+        let want = model.clone().into_runnable()?.run(input.clone())?.remove(0);
+        let optimised = model.into_optimized()?;
+        let ops: Vec<String> = optimised
+            .nodes
+            .iter()
+            .filter(|n| !n.op_is::<crate::ops::source::TypedSource>())
+            .map(|n| n.op.name().to_string())
+            .collect();
+        assert_eq!(ops, ["LookupTable", "OptMaxPool"]);
+        let got = optimised.into_runnable()?.run(input)?.remove(0);
+        assert_eq!(got, want);
+        Ok(())
+    }
+
+    /// The vector look-up against the table read byte by byte, over lengths around its 16.
+    #[test]
+    fn look_up_matches_the_table() -> TractResult<()> {
+        let table: Vec<u8> = (0..=255u8).map(|b| b.wrapping_mul(37).wrapping_add(11)).collect();
+        let lut = tract_linalg::routines::lut_u8(&table)?;
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 255, 256, 257, 600] {
+            let xs: Vec<u8> = (0..len).map(|i| (i * 97 + len) as u8).collect();
+            let mut ys = vec![0u8; len];
+            look_up(&*lut, &xs, &mut ys);
+            let want: Vec<u8> = xs.iter().map(|x| table[*x as usize]).collect();
+            assert_eq!(ys, want, "length {len}");
+        }
+        Ok(())
     }
 }

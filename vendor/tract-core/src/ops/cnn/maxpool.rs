@@ -246,7 +246,7 @@ impl OptMaxPool {
     /// span of pixels where it lands in bounds, so a stride-1 tap reduces two contiguous
     /// slices. Taps fold in the generic walk's order with its comparison, so both pick the
     /// same values.
-    fn try_row_spans<T: Datum + Copy + num_traits::Bounded + PartialOrd>(
+    fn try_row_spans<T: Datum + Copy + num_traits::Bounded + PartialOrd + 'static>(
         &self,
         input: &Tensor,
         geo: &ConcretePoolGeometry,
@@ -305,8 +305,7 @@ impl OptMaxPool {
                         if sw == 1 {
                             fold_max(row, taps.iter());
                         } else if px == 1 && sw == 2 {
-                            // Pairs rather than `step_by`, so that the loop vectorises.
-                            fold_max(row, taps.chunks(2).map(|pair| &pair[0]));
+                            fold_max_every_other(row, taps);
                         } else if px == 1 {
                             fold_max(row, taps.iter().step_by(sw));
                         } else {
@@ -327,6 +326,48 @@ fn fold_max<'a, T: Copy + PartialOrd + 'a>(row: &mut [T], taps: impl Iterator<It
     for (o, &v) in row.iter_mut().zip(taps) {
         *o = if *o < v { v } else { *o };
     }
+}
+
+/// `fold_max(row, taps.iter().step_by(2))`, through whole pairs so that the loop vectorises (a
+/// last short pair, or `chunks(2)`'s possibly short last chunk, keeps it scalar); bytes on aarch64
+/// with `LD2`.
+fn fold_max_every_other<T: Copy + PartialOrd + 'static>(row: &mut [T], taps: &[T]) {
+    let pairs = row.len().min(taps.len() / 2);
+    let (paired, rest) = row.split_at_mut(pairs);
+    #[cfg(target_arch = "aarch64")]
+    let paired = if std::any::TypeId::of::<T>() == std::any::TypeId::of::<u8>() {
+        // SAFETY: T is u8.
+        let (bytes, taps) = unsafe {
+            (&mut *(paired as *mut [T] as *mut [u8]), &*(taps as *const [T] as *const [u8]))
+        };
+        let done = fold_max_every_other_u8(bytes, taps);
+        &mut paired[done..]
+    } else {
+        paired
+    };
+    let done = pairs - paired.len();
+    fold_max(paired, taps[2 * done..].chunks_exact(2).map(|pair| &pair[0]));
+    if let (Some(o), Some(&v)) = (rest.first_mut(), taps.get(2 * pairs)) {
+        *o = if *o < v { v } else { *o };
+    }
+}
+
+/// The first `row.len() / 16 * 16` values of [`fold_max_every_other`] for bytes, sixteen at a time
+/// (`LD2` takes the first of each pair; LLVM gathered them lane by lane). Returns how many it did.
+#[cfg(target_arch = "aarch64")]
+fn fold_max_every_other_u8(row: &mut [u8], taps: &[u8]) -> usize {
+    use std::arch::aarch64::*;
+    let whole = row.len() / 16 * 16;
+    assert!(taps.len() >= 2 * whole);
+    for at in (0..whole).step_by(16) {
+        // SAFETY: `at + 16 <= whole <= row.len()` and `2 * (at + 16) <= taps.len()`.
+        unsafe {
+            let firsts = vld2q_u8(taps.as_ptr().add(2 * at)).0;
+            let max = vmaxq_u8(vld1q_u8(row.as_ptr().add(at)), firsts);
+            vst1q_u8(row.as_mut_ptr().add(at), max);
+        }
+    }
+    whole
 }
 
 unsafe fn maxpool_2x2_f32(
@@ -547,5 +588,22 @@ mod tests {
 
         let opt = optimized.into_runnable().unwrap().run(input).unwrap();
         assert_eq!(*opt[0], *plain[0]);
+    }
+
+    /// The pairwise fold against `step_by(2)`, for rows shorter, as long as and longer than the
+    /// taps' pairs, odd and even numbers of taps.
+    #[test]
+    fn fold_max_every_other_matches_step_by() {
+        for taps_len in 0..40 {
+            for row_len in 0..24 {
+                let taps: Vec<u8> = (0..taps_len).map(|i| (i * 73 % 251) as u8).collect();
+                let start: Vec<u8> = (0..row_len).map(|i| (i * 41 % 199) as u8).collect();
+                let mut want = start.clone();
+                fold_max(&mut want, taps.iter().step_by(2));
+                let mut got = start;
+                fold_max_every_other(&mut got, &taps);
+                assert_eq!(got, want, "{row_len} outputs, {taps_len} taps");
+            }
+        }
     }
 }
