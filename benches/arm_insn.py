@@ -227,6 +227,9 @@ def embedding(args):
     report(f"# {args.cpu} {tag}: per embedding = (runs {args.hi} - runs {args.lo}) / {args.hi - args.lo}: "
            f"{G(total)} G; network {G(network)} G (shares below), decode {G(pre['decode'])} G, "
            f"preprocess x2 {G(pre['preprocess'])} G", syms, PREPROCESS + NETWORK, network, args.top)
+    passes = network - cats["kernels"]
+    print(f"\npasses around the kernels: {passes / 1e6:,.1f} M, {100 * passes / network:.1f}% of the "
+          f"network's {network / 1e6:,.1f} M")
     print("\nmnemonics: " + ", ".join(f"{m} {mn[m] / 1e6:,.1f} M" for m in MNEMONICS))
     names = [c for c, _ in NETWORK] + ["other"]
     print("\n| cpu | model | network G | " + " | ".join(names) + " | preprocessing G | "
