@@ -10,6 +10,7 @@ use num_integer::Integer;
 
 use crate::ops::cnn::pools::{ConcretePoolGeometry, PoolGeometry};
 use crate::ops::cnn::{GeometryBound, PoolSpec, ResolveTo};
+use crate::ops::downsample::copy_every_other;
 use crate::ops::nn::{BaseDataShape, DataFormat, DataShape};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -491,13 +492,18 @@ impl Patcher {
                         *geometry.pool.patch.standard_layout_data_field.get_unchecked(kitem),
                     );
                     let output_height = *geometry.pool.patch.output_shape.get_unchecked(0);
+                    // The output rows whose input row lies inside the image, as `valid_x` for
+                    // the columns.
+                    let valid_y_start =
+                        Integer::div_ceil(&-dy, &y_stride).max(0).min(output_height as _);
+                    let valid_y_end = Integer::div_ceil(&(input_heigth - dy), &y_stride)
+                        .max(0)
+                        .min(output_height as _);
                     let k_row = KRow {
                         iptr,
-                        dy,
-                        y_stride,
                         y_stride_ptr,
                         x_stride_ptr,
-                        input_height: input_heigth,
+                        valid_y: valid_y_start as usize..valid_y_end as usize,
                         valid_x: valid_x_start as usize..valid_x_end as usize,
                         output_width,
                         pad_value,
@@ -625,11 +631,10 @@ impl Patcher {
 struct KRow<T> {
     /// The input at the channel and tap, before the output row's offset.
     iptr: *const T,
-    dy: isize,
-    y_stride: isize,
     y_stride_ptr: isize,
     x_stride_ptr: isize,
-    input_height: isize,
+    /// The output rows whose input row lies inside the image.
+    valid_y: std::ops::Range<usize>,
     /// The output columns whose input column lies inside the image.
     valid_x: std::ops::Range<usize>,
     output_width: usize,
@@ -643,12 +648,7 @@ impl<T: Copy> KRow<T> {
     #[inline(always)]
     fn fill(&self, row: &mut [T]) {
         let output_width = self.output_width;
-        let output_height = row.len() / output_width;
-        let (valid, pad) = (self.valid_x.clone(), self.pad_value);
-        let inside = |dy: isize| {
-            Integer::div_ceil(&dy, &self.y_stride).clamp(0, output_height as isize) as usize
-        };
-        let rows = inside(-self.dy)..inside(self.input_height - self.dy);
+        let (rows, valid, pad) = (self.valid_y.clone(), self.valid_x.clone(), self.pad_value);
         if valid.is_empty() || rows.is_empty() {
             row.fill(pad);
             return;
@@ -683,13 +683,10 @@ impl<T: Copy> KRow<T> {
         match self.x_stride_ptr {
             1 => self.each_valid_row(row, rows, |from, to| unsafe { copy_run(from, to, len) }),
             2 => self.each_valid_row(row, rows, |from, to| unsafe {
-                let pairs = std::slice::from_raw_parts(from, 2 * len - 1);
-                let out = std::slice::from_raw_parts_mut(to, len);
-                let (last, firsts) = out.split_last_mut().unwrap();
-                for (o, pair) in firsts.iter_mut().zip(pairs.chunks_exact(2)) {
-                    *o = pair[0];
-                }
-                *last = pairs[pairs.len() - 1];
+                copy_every_other(
+                    std::slice::from_raw_parts(from, 2 * len - 1),
+                    std::slice::from_raw_parts_mut(to, len),
+                )
             }),
             stride => self.each_valid_row(row, rows, |from, to| unsafe {
                 for x in 0..len {
