@@ -14,6 +14,7 @@
 //! lost across broker outages, restarts, power cuts or log rotation; a connection lost resends
 //! everything unacknowledged.
 
+pub mod acks;
 pub mod outbox;
 
 use std::collections::{HashSet, VecDeque};
@@ -24,13 +25,14 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{anyhow, bail, Context, Result};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
-    MqttOptions, QoS, TlsConfiguration, Transport,
+    MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use self::outbox::{Checkpoint, Outbox, Position};
+use self::acks::Acks;
+use self::outbox::{Checkpoint, Outbox, Position, SaveReport, SaveSchedule};
 use crate::config::{Config, UplinkConfig};
 use crate::health::{self, Part};
 
@@ -43,6 +45,9 @@ const HEALTH_POLL: Duration = Duration::from_secs(1);
 /// The checkpoint is stored at most this often while scans are acknowledged (and whenever the
 /// backlog is done): a crash in between resends at most this much.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// While the checkpoint cannot be stored: how often it is retried, and reported.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(5);
+const CHECKPOINT_REPORT_EVERY: Duration = Duration::from_secs(60);
 /// How long to wait for the broker's CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -135,13 +140,21 @@ fn tls_config(uplink: &UplinkConfig) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// The host's name, the default kiosk id.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "kiosk".into())
+/// The host's name (gethostname(2): the unit's `ProcSubset=pid` hides
+/// `/proc/sys/kernel/hostname`), the default kiosk id.
+fn host_name() -> Result<String> {
+    let mut name = [0u8; 256];
+    // SAFETY: the buffer is valid for writes of its length, which is what is passed.
+    let status = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
+    if status != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot read the host name");
+    }
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let name = String::from_utf8_lossy(&name[..end]).trim().to_string();
+    if name.is_empty() || name == "(none)" {
+        bail!("the host has no name: set uplink.kiosk_id");
+    }
+    Ok(name)
 }
 
 impl Settings {
@@ -155,12 +168,13 @@ impl Settings {
             .path
             .clone()
             .context("the config has no scan log ([scan_log] path): the uplink publishes it")?;
-        let kiosk_id = uplink.kiosk_id.clone().unwrap_or_else(|| {
-            host_name()
+        let kiosk_id = match &uplink.kiosk_id {
+            Some(id) => id.clone(),
+            None => host_name()?
                 .chars()
                 .map(|c| if "/+#".contains(c) { '_' } else { c })
-                .collect()
-        });
+                .collect(),
+        };
         let client_id = uplink
             .client_id
             .clone()
@@ -241,7 +255,12 @@ async fn serve(settings: Settings) -> Result<()> {
     let mut uplink = Uplink {
         outbox: Outbox::new(&settings.log, settings.keep),
         checkpoint,
-        saved_at: Instant::now(),
+        saves: SaveSchedule::new(
+            CHECKPOINT_EVERY,
+            CHECKPOINT_RETRY,
+            CHECKPOINT_REPORT_EVERY,
+            Instant::now(),
+        ),
         dirty: false,
         window: StatsWindow::default(),
         published: 0,
@@ -309,17 +328,11 @@ impl Stop {
     }
 }
 
-/// A QoS 1 publish awaiting its acknowledgement (the broker acknowledges in order).
-enum Sent {
-    Scan { end: Position, key: String },
-    Other,
-}
-
 struct Uplink {
     settings: Settings,
     outbox: Outbox,
     checkpoint: Checkpoint,
-    saved_at: Instant,
+    saves: SaveSchedule,
     /// The checkpoint moved since it was stored.
     dirty: bool,
     window: StatsWindow,
@@ -332,8 +345,41 @@ impl Uplink {
             self.checkpoint.save(&self.settings.uplink.checkpoint)?;
             self.dirty = false;
         }
-        self.saved_at = Instant::now();
         Ok(())
+    }
+
+    /// Stores the checkpoint when it moved and the schedule says so; failures are reported
+    /// sparingly (the acknowledged scans are resent after a restart, nothing is lost).
+    fn save_checkpoint_when_due(&mut self, in_flight: usize) {
+        let now = Instant::now();
+        if !self.dirty || !self.saves.due(now, in_flight) {
+            return;
+        }
+        let result = self.save_checkpoint();
+        match self.saves.tried(now, &result) {
+            Some(SaveReport::Failing { error, times: 1 }) => tracing::error!(
+                "{error}; retrying every {} s (a restart meanwhile resends what was acknowledged since)",
+                CHECKPOINT_RETRY.as_secs()
+            ),
+            Some(SaveReport::Failing { error, times }) => {
+                tracing::error!("{error} (failed {times} more times)")
+            }
+            Some(SaveReport::Recovered { failures }) => tracing::info!(
+                "checkpoint {} stored again after {failures} failures",
+                self.settings.uplink.checkpoint.display()
+            ),
+            None => {}
+        }
+    }
+
+    /// Notes an acknowledgement: the checkpoint moves over a run of acknowledged scans.
+    fn acknowledged(&mut self, acks: &mut Acks, pkid: u16) {
+        if let Some(advance) = acks.acknowledged(pkid) {
+            self.published += advance.scans as u64;
+            self.checkpoint.position = Some(advance.end);
+            self.checkpoint.last_key = Some(advance.key);
+            self.dirty = true;
+        }
     }
 
     /// One connection: connect, announce, publish until it fails or a stop is asked.
@@ -356,39 +402,38 @@ impl Uplink {
         );
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("connected")]);
         match self.announce(&client).await {
-            Ok(sent) => self.run_connected(client, events, sent, stop).await,
+            Ok(acks) => self.run_connected(client, events, acks, stop).await,
             Err(e) => Ended::Failed(e, true),
         }
     }
 
     /// `online`, the state and the discovery messages: what every connection starts with.
-    async fn announce(&mut self, client: &AsyncClient) -> Result<VecDeque<Sent>> {
-        let mut sent = VecDeque::new();
+    async fn announce(&mut self, client: &AsyncClient) -> Result<Acks> {
+        let mut acks = Acks::default();
         let s = &self.settings;
         client
             .publish(s.topic("available"), QoS::AtLeastOnce, true, "online")
             .await?;
-        sent.push_back(Sent::Other);
+        acks.asked_other();
         if s.uplink.home_assistant {
             for (topic, config) in discovery(s) {
                 client
                     .publish(topic, QoS::AtLeastOnce, true, config.to_string())
                     .await?;
-                sent.push_back(Sent::Other);
+                acks.asked_other();
             }
         }
-        Ok(sent)
+        Ok(acks)
     }
 
     async fn run_connected(
         &mut self,
         client: AsyncClient,
         mut events: EventLoop,
-        mut sent: VecDeque<Sent>,
+        mut acks: Acks,
         stop: &mut Stop,
     ) -> Ended {
         let mut cursor = self.checkpoint.position;
-        let mut scans_in_flight = 0usize;
         let mut state: Option<Value> = None;
         let mut poll = tokio::time::interval(POLL);
         let mut health_poll = tokio::time::interval(HEALTH_POLL);
@@ -398,43 +443,37 @@ impl Uplink {
         loop {
             let step: Result<()> = tokio::select! {
                 event = events.poll() => match event {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) => {
-                        match sent.pop_front() {
-                            Some(Sent::Scan { end, key }) => {
-                                scans_in_flight -= 1;
-                                self.published += 1;
-                                self.checkpoint.position = Some(end);
-                                self.checkpoint.last_key = Some(key);
-                                self.dirty = true;
-                            }
-                            Some(Sent::Other) => {}
-                            None => tracing::warn!("an acknowledgement for nothing sent"),
-                        }
-                        if scans_in_flight <= WINDOW / 2 {
-                            self.fill(&client, &mut cursor, &mut sent, &mut scans_in_flight)
+                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                        self.acknowledged(&mut acks, ack.pkid);
+                        if acks.scans_in_flight() <= WINDOW / 2 {
+                            self.fill(&client, &mut cursor, &mut acks)
                         } else {
                             Ok(())
                         }
                     }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        acks.sent(pkid);
+                        Ok(())
+                    }
+                    Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                        acks.held_back(pkid);
+                        Ok(())
+                    }
                     Ok(_) => Ok(()),
                     Err(e) => Err(describe(e)),
                 },
-                _ = poll.tick() => self.fill(&client, &mut cursor, &mut sent, &mut scans_in_flight),
-                _ = health_poll.tick() => self.publish_state(&client, &mut state, &mut sent),
-                _ = stats.tick() => self.publish_stats(&client, scans_in_flight),
+                _ = poll.tick() => self.fill(&client, &mut cursor, &mut acks),
+                _ = health_poll.tick() => self.publish_state(&client, &mut state, &mut acks),
+                _ = stats.tick() => self.publish_stats(&client, acks.scans_in_flight()),
                 _ = stop.wait() => {
-                    self.goodbye(&client, &mut events, &mut sent).await;
+                    self.goodbye(&client, &mut events, &mut acks).await;
                     return Ended::Stopped;
                 }
             };
             if let Err(e) = step {
                 return Ended::Failed(e, true);
             }
-            if self.dirty && (self.saved_at.elapsed() >= CHECKPOINT_EVERY || scans_in_flight == 0) {
-                if let Err(e) = self.save_checkpoint() {
-                    tracing::error!("{e:#}");
-                }
-            }
+            self.save_checkpoint_when_due(acks.scans_in_flight());
         }
     }
 
@@ -443,13 +482,13 @@ impl Uplink {
         &mut self,
         client: &AsyncClient,
         cursor: &mut Option<Position>,
-        sent: &mut VecDeque<Sent>,
-        in_flight: &mut usize,
+        acks: &mut Acks,
     ) -> Result<()> {
-        if *in_flight >= WINDOW {
+        let in_flight = acks.scans_in_flight();
+        if in_flight >= WINDOW {
             return Ok(());
         }
-        let lines = self.outbox.read(*cursor, WINDOW - *in_flight)?;
+        let lines = self.outbox.read(*cursor, WINDOW - in_flight)?;
         for line in lines {
             *cursor = Some(line.end);
             let Some((key, payload)) = self.scan_message(&line.text) else {
@@ -461,8 +500,7 @@ impl Uplink {
                 false,
                 payload,
             )?;
-            sent.push_back(Sent::Scan { end: line.end, key });
-            *in_flight += 1;
+            acks.asked_scan(line.end, key);
         }
         Ok(())
     }
@@ -496,7 +534,7 @@ impl Uplink {
         &mut self,
         client: &AsyncClient,
         published: &mut Option<Value>,
-        sent: &mut VecDeque<Sent>,
+        acks: &mut Acks,
     ) -> Result<()> {
         let state = serde_json::to_value(kiosk_state(&self.settings))?;
         if published.as_ref() == Some(&state) {
@@ -508,7 +546,7 @@ impl Uplink {
             true,
             state.to_string(),
         )?;
-        sent.push_back(Sent::Other);
+        acks.asked_other();
         *published = Some(state);
         Ok(())
     }
@@ -529,37 +567,27 @@ impl Uplink {
     }
 
     /// On stop: `offline` (retained), the acknowledgements still coming, a clean disconnect.
-    async fn goodbye(
-        &mut self,
-        client: &AsyncClient,
-        events: &mut EventLoop,
-        sent: &mut VecDeque<Sent>,
-    ) {
+    async fn goodbye(&mut self, client: &AsyncClient, events: &mut EventLoop, acks: &mut Acks) {
         let s = &self.settings;
         if client
             .try_publish(s.topic("available"), QoS::AtLeastOnce, true, "offline")
             .is_ok()
         {
-            sent.push_back(Sent::Other);
+            acks.asked_other();
         }
         let drain = async {
-            while !sent.is_empty() {
+            while !acks.is_empty() {
                 match events.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) => {
-                        if let Some(Sent::Scan { end, key }) = sent.pop_front() {
-                            self.published += 1;
-                            self.checkpoint.position = Some(end);
-                            self.checkpoint.last_key = Some(key);
-                            self.dirty = true;
-                        }
-                    }
+                    Ok(Event::Incoming(Incoming::PubAck(ack))) => self.acknowledged(acks, ack.pkid),
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => acks.sent(pkid),
+                    Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => acks.held_back(pkid),
                     Ok(_) => {}
                     Err(_) => return,
                 }
             }
             let _ = client.disconnect().await;
             while let Ok(event) = events.poll().await {
-                if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
                     break;
                 }
             }

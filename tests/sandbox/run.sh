@@ -9,6 +9,8 @@
 #   User=, NoNewPrivileges=yes, CapabilityBoundingSet=   an unprivileged user, no capabilities
 # (SystemCallFilter= and RestrictAddressFamilies= are not reproduced: they need seccomp.) Each
 # setting is read from systemd/fashion-kiosk.service first, so the test follows the unit.
+# Then the uplink starts under its unit's ProcSubset=pid (no /proc/sys) in a host named here,
+# and must take that name for its kiosk id (the unit's broker is not reachable in here).
 #   tests/sandbox/run.sh [BINARY]      (root; default target/debug/fashion-kiosk)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,7 +52,13 @@ screens = "$state/screens"
 path = "$logs/scans.jsonl"
 [metrics]
 folder = "$state/metrics"
+[uplink]
+broker = "127.0.0.1"
+port = 9
+checkpoint = "$state/uplink/checkpoint.json"
 EOF
+grep -qx ProcSubset=pid systemd/fashion-kiosk-uplink.service ||
+    fail "the uplink unit no longer says ProcSubset=pid: update this test"
 # The service user owns its two folders, as systemd makes them. The config and camera folders
 # are left writable by anyone, so that only the sandbox stands in the way of writing them.
 chown -R nobody "$state" "$logs"
@@ -60,7 +68,7 @@ chmod 777 "$work/etc" "$work/camera"
 # writable folders and private /tmp, /var/tmp, /root and /home mounted over it; a private network;
 # then an unprivileged user without capabilities runs in it.
 presses=5
-unshare --mount --net --pid --fork bash -s "$work" "$binary" "$presses" <<'SANDBOX' > "$work/sandbox.out" 2>&1 || { cat "$work/sandbox.out"; fail "sandbox run"; }
+unshare --mount --net --pid --uts --fork bash -s "$work" "$binary" "$presses" <<'SANDBOX' > "$work/sandbox.out" 2>&1 || { cat "$work/sandbox.out"; fail "sandbox run"; }
 set -euo pipefail
 work=$1 binary=$2 presses=$3
 root=$work/root
@@ -97,6 +105,14 @@ try "ls /root/* /home/* 2>/dev/null | grep -q ." "see home folders"
 try "echo x > /tmp/probe && [ -z \"\$(ls /tmp | grep -v probe)\" ]" "write its own empty /tmp"
 try "[ \$(grep -c : /proc/net/dev) -gt 1 ]" "see a network interface besides lo"
 try "cat /etc/shadow >/dev/null" "read /etc/shadow"
+# The uplink's default kiosk id under ProcSubset=pid: the host's name, not a fallback.
+hostname kiosk-sandbox-7
+umount "$root/proc"
+mount -t proc -o subset=pid proc "$root/proc"
+[ ! -e "$root/proc/sys/kernel/hostname" ] && echo "no /proc/sys"
+run env FASHION_KIOSK_LOG=info timeout -s INT 3 "$binary" uplink --config "$work/etc/kiosk.toml" \
+    > "$work/var/log/fashion-kiosk/uplink.out" 2>&1 || true
+grep -o "as fashion-kiosk-[A-Za-z0-9_-]*" "$work/var/log/fashion-kiosk/uplink.out" | head -1
 SANDBOX
 cat "$work/sandbox.out"
 lines=$(wc -l < "$logs/scans.jsonl")
@@ -107,7 +123,8 @@ ls "$state"/screens/*.png >/dev/null || fail "no screens drawn"
 for expected in "allowed: write the state folder" "allowed: write the log folder" \
     "refused: write the config folder" "refused: write outside its folders" "refused: write /usr" \
     "refused: write /etc" "refused: see home folders" "allowed: write its own empty /tmp" \
-    "refused: see a network interface besides lo" "refused: read /etc/shadow"; do
+    "refused: see a network interface besides lo" "refused: read /etc/shadow" "no /proc/sys" \
+    "as fashion-kiosk-kiosk-sandbox-7"; do
     grep -qx "$expected" "$work/sandbox.out" || fail "expected \"$expected\""
 done
-echo "OK sandbox: $presses scans inside ProtectSystem=strict, ProtectHome, PrivateTmp, PrivateNetwork, no privileges; writes outside the state and log folders refused"
+echo "OK sandbox: $presses scans inside ProtectSystem=strict, ProtectHome, PrivateTmp, PrivateNetwork, no privileges; writes outside the state and log folders refused; the uplink named by gethostname under ProcSubset=pid"
