@@ -210,6 +210,7 @@ impl Part {
 
     fn decode(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path)?;
+        let file_bytes = file.metadata()?.len();
         let reader = SerializedFileReader::new(file)?;
         let meta = reader.metadata().file_metadata();
         let values: HashMap<&str, &str> = meta
@@ -261,14 +262,13 @@ impl Part {
             "its columns are {found:?}, expected {expected:?}"
         );
 
-        let rows = usize::try_from(meta.num_rows()).context("negative row count")?;
         let strings = ITEM_COLUMNS.len() + columns.len();
+        let rows = checked_row_count(&reader, strings, dim, file_bytes)?;
         let mut texts: Vec<Vec<String>> = vec![Vec::with_capacity(rows); strings];
-        let mut vectors = Vec::with_capacity(rows.saturating_mul(dim).min(1 << 28));
+        let mut vectors = Vec::with_capacity(rows * dim);
         for group in 0..reader.num_row_groups() {
             let row_group = reader.get_row_group(group)?;
-            let group_rows =
-                usize::try_from(row_group.metadata().num_rows()).context("negative row count")?;
+            let group_rows = row_group.metadata().num_rows() as usize;
             for (column, text) in texts.iter_mut().enumerate() {
                 let ColumnReader::ByteArrayColumnReader(mut column_reader) =
                     row_group.get_column_reader(column)?
@@ -348,6 +348,61 @@ impl Part {
             skipped,
         })
     }
+}
+
+/// Vector values a part may hold per byte of its file: a part's vectors are stored plain (no
+/// dictionary), and Snappy does not shrink embeddings, so a real part holds about one per 4 bytes.
+const MAX_VALUES_PER_FILE_BYTE: u64 = 16;
+
+/// The part's row count, once the footer's counts agree with each other (the file's rows are its
+/// row groups', each column chunk holds a value per row, `dim` per row for the vectors) and with
+/// the file's size, so that nothing is allocated for rows the file cannot hold.
+fn checked_row_count(
+    reader: &SerializedFileReader<std::fs::File>,
+    strings: usize,
+    dim: usize,
+    file_bytes: u64,
+) -> Result<usize> {
+    let meta = reader.metadata();
+    let claimed = meta.file_metadata().num_rows();
+    let mut rows: u64 = 0;
+    for (group, row_group) in meta.row_groups().iter().enumerate() {
+        let group_rows = u64::try_from(row_group.num_rows())
+            .with_context(|| format!("row group {group} has a negative row count"))?;
+        ensure!(
+            row_group.num_columns() == strings + 1,
+            "row group {group} has {} columns, its schema {}",
+            row_group.num_columns(),
+            strings + 1
+        );
+        let vector_values = group_rows.checked_mul(dim as u64);
+        for (column, chunk) in row_group.columns().iter().enumerate() {
+            let expected = if column < strings {
+                Some(group_rows)
+            } else {
+                vector_values
+            };
+            ensure!(
+                u64::try_from(chunk.num_values()).ok() == expected,
+                "row group {group} claims {group_rows} rows, but its column {column} holds {} values",
+                chunk.num_values()
+            );
+        }
+        rows = rows
+            .checked_add(group_rows)
+            .context("the row groups' row counts overflow")?;
+    }
+    ensure!(
+        u64::try_from(claimed).ok() == Some(rows),
+        "its footer claims {claimed} rows, its row groups hold {rows}"
+    );
+    let values = rows.checked_mul(dim as u64);
+    let most = file_bytes.saturating_mul(MAX_VALUES_PER_FILE_BYTE);
+    ensure!(
+        values.is_some_and(|v| v <= most) && rows <= file_bytes,
+        "it claims {rows} rows of {dim} values, more than its {file_bytes} bytes can hold: a damaged file"
+    );
+    usize::try_from(rows).context("too many rows for this machine")
 }
 
 thread_local! {
@@ -431,6 +486,58 @@ mod tests {
             let _ = Part::read(&cut);
             std::fs::write(&cut, &bytes[..at]).unwrap();
             assert!(Part::read(&cut).is_err(), "cut at {at}");
+        }
+    }
+
+    /// The file with its footer's row count (FileMetaData field 3, the first i64 field in the
+    /// footer's Thrift compact encoding: header 0x16, then a zigzag varint) set to `rows`.
+    fn with_footer_row_count(bytes: &[u8], written: u64, rows: u64) -> Vec<u8> {
+        let varint = |mut n: u64| {
+            let mut out = Vec::new();
+            while n >= 0x80 {
+                out.push((n as u8 & 0x7f) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+            out
+        };
+        let footer_len =
+            u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+        let start = bytes.len() - 8 - footer_len as usize;
+        let footer = &bytes[start..bytes.len() - 8];
+        let mut needle = vec![0x16];
+        needle.extend(varint(written * 2));
+        let at = footer
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the footer's row count");
+        let mut patched_footer = footer[..at].to_vec();
+        patched_footer.push(0x16);
+        patched_footer.extend(varint(rows * 2));
+        patched_footer.extend(&footer[at + needle.len()..]);
+        let mut out = bytes[..start].to_vec();
+        out.extend(&patched_footer);
+        out.extend((patched_footer.len() as u32).to_le_bytes());
+        out.extend(b"PAR1");
+        out
+    }
+
+    #[test]
+    fn a_footer_claiming_more_rows_than_the_file_holds_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        part(37, 8).write(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // The same count written back reads as before: the patching itself is sound.
+        std::fs::write(&path, with_footer_row_count(&bytes, 37, 37)).unwrap();
+        assert_eq!(Part::read(&path).unwrap(), part(37, 8));
+        for rows in [38, 20_000_000_000] {
+            std::fs::write(&path, with_footer_row_count(&bytes, 37, rows)).unwrap();
+            let err = format!("{:#}", Part::read(&path).unwrap_err());
+            assert!(
+                err.contains("part.parquet") && err.contains(&format!("claims {rows} rows")),
+                "{err}"
+            );
         }
     }
 
