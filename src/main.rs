@@ -1079,16 +1079,16 @@ fn cmd_trends(args: TrendsArgs) -> Result<()> {
             })
             .collect()
     };
-    let histories = read(&args.logs)?;
-    if !(args.session_gap_mins > 0.0 && args.half_life_days > 0.0) {
-        bail!("--session-gap-mins and --half-life-days must be above 0");
-    }
     let options = Options {
         session_gap_secs: args.session_gap_mins * 60.0,
         half_life_days: args.half_life_days,
         similarity: args.similarity,
         neighbours: args.neighbours,
     };
+    options
+        .validate()
+        .context("--session-gap-mins or --half-life-days")?;
+    let histories = read(&args.logs)?;
     let built = trends::build(&histories, &table, options, &args.out)?;
     println!(
         "{}: {} sessions, {} scans, {} items, {} item pairs (from {} logs)",

@@ -43,6 +43,34 @@ pub struct Options {
     pub neighbours: usize,
 }
 
+impl Options {
+    /// Checks the values; the error names the option.
+    pub fn validate(&self) -> Result<()> {
+        let gap_ok = self.session_gap_secs > 0.0
+            && Duration::try_from_secs_f64(self.session_gap_secs).is_ok_and(|d| d < MAX_GAP);
+        if !gap_ok {
+            bail!(
+                "session gap {} s: must be above 0 and under a year",
+                self.session_gap_secs
+            );
+        }
+        if !(self.half_life_days > 0.0 && self.half_life_days.is_finite()) {
+            bail!(
+                "half-life {} days: must be a number above 0",
+                self.half_life_days
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The longest session gap taken.
+const MAX_GAP: Duration = Duration::from_secs(366 * 86_400);
+
+/// Sessions more than this many half-lives older than the newest scan weigh under 2⁻⁶⁰ and are
+/// left out: their weights would otherwise underflow to 0 and leave pairs scored 0 ÷ 0.
+const MAX_HALF_LIVES: f64 = 60.0;
+
 /// One scan of the history: when, and the item it found first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scan {
@@ -276,6 +304,7 @@ pub fn build(
     options: Options,
     out: &Path,
 ) -> Result<Built> {
+    options.validate()?;
     let known: HashSet<&str> = table.items().iter().map(|i| i.id).collect();
     let gap = Duration::from_secs_f64(options.session_gap_secs);
     let newest = histories
@@ -283,13 +312,15 @@ pub fn build(
         .filter_map(|h| h.last().map(|s| s.time))
         .max()
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let decay = |time: SystemTime| -> f64 {
+    // A session's weight, or `None` when it is too old to count.
+    let decay = |time: SystemTime| -> Option<f64> {
         let age_days = newest
             .duration_since(time)
             .unwrap_or_default()
             .as_secs_f64()
             / 86_400.0;
-        0.5f64.powf(age_days / options.half_life_days)
+        let half_lives = age_days / options.half_life_days;
+        (half_lives <= MAX_HALF_LIVES).then(|| 0.5f64.powf(half_lives))
     };
     let mut occurrence: HashMap<&str, f64> = HashMap::new();
     let mut scanned: HashMap<&str, f64> = HashMap::new();
@@ -297,8 +328,10 @@ pub fn build(
     let (mut session_count, mut scan_count) = (0, 0);
     for history in histories {
         for session in sessions(history, gap) {
+            let Some(weight) = decay(session.last().expect("sessions are not empty").time) else {
+                continue;
+            };
             session_count += 1;
-            let weight = decay(session.last().expect("sessions are not empty").time);
             let mut items: Vec<&str> = session
                 .iter()
                 .map(|s| s.id.as_str())
@@ -563,5 +596,63 @@ mod tests {
         let n = trends.neighbours(0);
         assert_eq!(n[0].0, 2);
         assert!((n[1].1 / n[0].1 - 0.25).abs() < 1e-3, "{n:?}");
+    }
+
+    #[test]
+    fn a_long_history_or_a_short_half_life_gives_finite_scores_the_kiosk_loads() {
+        let (dir, t) = table(5);
+        let day = 86_400;
+        // i3 and i4 together once, 400 days ago; the same three items every day since. A
+        // half-life of 0.01 days puts all but the last day's sessions beyond any f64 weight.
+        let mut history = vec![scan(0, "i3"), scan(30, "i4")];
+        history.extend((1..=400).flat_map(|d| {
+            [
+                scan(d * day, "i0"),
+                scan(d * day + 30, "i1"),
+                scan(d * day + 60, "i2"),
+            ]
+        }));
+        for similarity in [Similarity::Jaccard, Similarity::Lift, Similarity::Count] {
+            let out = dir.path().join("trends.json");
+            let options = Options {
+                half_life_days: 0.01,
+                similarity,
+                ..options()
+            };
+            let built = build(std::slice::from_ref(&history), &t, options, &out).unwrap();
+            assert!(
+                built.sessions >= 1 && built.sessions < 400,
+                "{}",
+                built.sessions
+            );
+            assert!(!std::fs::read_to_string(&out).unwrap().contains("null"));
+            let trends = Trends::load(&out, &t).unwrap();
+            assert!(trends.neighbours(3).is_empty(), "too old to count");
+            let n = trends.neighbours(0);
+            assert_eq!(n.len(), 2, "{similarity:?}");
+            assert!(n.iter().all(|(_, s)| s.is_finite() && *s > 0.0), "{n:?}");
+        }
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused_naming_them() {
+        for (gap, half_life, named) in [
+            (f64::INFINITY, 30.0, "session gap"),
+            (f64::NAN, 30.0, "session gap"),
+            (0.0, 30.0, "session gap"),
+            (1e300, 30.0, "session gap"),
+            (600.0, 0.0, "half-life"),
+            (600.0, f64::INFINITY, "half-life"),
+        ] {
+            let options = Options {
+                session_gap_secs: gap,
+                half_life_days: half_life,
+                ..options()
+            };
+            let err = options.validate().unwrap_err().to_string();
+            assert!(err.contains(named), "{gap} {half_life}: {err}");
+            let (dir, t) = table(2);
+            assert!(build(&[], &t, options, &dir.path().join("t.json")).is_err());
+        }
     }
 }
