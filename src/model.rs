@@ -306,27 +306,59 @@ pub fn read_verified(
 ) -> Result<(PathBuf, Vec<u8>)> {
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
     let model_path = dir.join(model_file);
-    let bytes = std::fs::read(&model_path).with_context(|| {
+    let file = std::fs::File::open(&model_path).with_context(|| {
         format!(
             "cannot read {what} {} (named by {})",
             model_path.display(),
             manifest_path.display()
         )
     })?;
-    let cache = DigestCache::from_env();
-    let identity = FileIdentity::of(&model_path);
+    let bytes = verify_open_file(
+        file,
+        &model_path,
+        manifest_path,
+        expected,
+        what,
+        DigestCache::from_env().as_ref(),
+    )?;
+    Ok((model_path, bytes))
+}
+
+/// Reads the open `file` (at `model_path`) and checks its digest against `expected`, taking it
+/// from `cache` when the file is one already verified. The file's identity comes from the open
+/// descriptor before and after the read, so a file replaced or changed meanwhile (an upgrade
+/// racing a start) is never remembered with the other bytes' digest.
+fn verify_open_file(
+    mut file: std::fs::File,
+    model_path: &Path,
+    manifest_path: &Path,
+    expected: Fingerprint,
+    what: &str,
+    cache: Option<&DigestCache>,
+) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let cannot_read = || {
+        format!(
+            "cannot read {what} {} (named by {})",
+            model_path.display(),
+            manifest_path.display()
+        )
+    };
+    let before = FileIdentity::of_open(&file, model_path);
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).with_context(cannot_read)?;
+    let after = FileIdentity::of_open(&file, model_path);
+    let identity = before.filter(|before| after.as_ref() == Some(before));
     let remembered = cache
-        .as_ref()
         .zip(identity.as_ref())
         .and_then(|(cache, identity)| cache.lookup(identity));
     let actual = match remembered {
         Some(digest) => digest,
         None => {
             let digest = Fingerprint(Sha256::digest(&bytes).into());
-            // Only a file that is the one expected is remembered, and only if it did not change
-            // while it was read.
-            if let (Some(cache), Some(identity)) = (&cache, &identity) {
-                if digest == expected && FileIdentity::of(&model_path).as_ref() == Some(identity) {
+            // Only the file expected is remembered, and only if it did not change while read.
+            if let (Some(cache), Some(identity)) = (cache, &identity) {
+                if digest == expected {
                     cache.remember(identity, digest);
                 }
             }
@@ -342,7 +374,7 @@ pub fn read_verified(
             expected.short()
         );
     }
-    Ok((model_path, bytes))
+    Ok(bytes)
 }
 
 /// What identifies a file's contents without reading them: any write, truncation, replacement or
@@ -358,9 +390,18 @@ pub struct FileIdentity {
 }
 
 impl FileIdentity {
+    /// The identity of the file at `path` now.
     pub fn of(path: &Path) -> Option<Self> {
+        Self::from_metadata(&std::fs::metadata(path).ok()?, path)
+    }
+
+    /// The identity of the open `file`, opened at `path` (whatever that path names now).
+    pub fn of_open(file: &std::fs::File, path: &Path) -> Option<Self> {
+        Self::from_metadata(&file.metadata().ok()?, path)
+    }
+
+    fn from_metadata(meta: &std::fs::Metadata, path: &Path) -> Option<Self> {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
         let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
         Some(Self {
             path: std::fs::canonicalize(path).ok()?,
@@ -840,6 +881,32 @@ mod tests {
         // A corrupt cache file is an empty cache.
         std::fs::write(dir.path().join(DigestCache::FILE), b"{not json").unwrap();
         assert_eq!(cache.lookup(&identity), None);
+    }
+
+    #[test]
+    fn a_model_replaced_while_it_is_read_is_not_remembered_with_the_old_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DigestCache::in_folder(dir.path());
+        let (manifest, model) = (dir.path().join("m.json"), dir.path().join("model.onnx"));
+        let old = Fingerprint(Sha256::digest(b"old weights").into());
+        let new = Fingerprint(Sha256::digest(b"new weights").into());
+        std::fs::write(&model, b"old weights").unwrap();
+        // A start opens the old file; an upgrade renames the new one over it before the read.
+        let opened = std::fs::File::open(&model).unwrap();
+        let staged = dir.path().join(".model.onnx.dpkg-new");
+        std::fs::write(&staged, b"new weights").unwrap();
+        std::fs::rename(&staged, &model).unwrap();
+        let bytes = verify_open_file(opened, &model, &manifest, old, "model", Some(&cache));
+        assert_eq!(bytes.unwrap(), b"old weights");
+        // The restart after the upgrade, with the new manifest: the new file is accepted.
+        let file = std::fs::File::open(&model).unwrap();
+        let bytes = verify_open_file(file, &model, &manifest, new, "model", Some(&cache));
+        assert_eq!(bytes.unwrap(), b"new weights");
+        assert_eq!(
+            cache.lookup(&FileIdentity::of(&model).unwrap()),
+            Some(new),
+            "the new file remembered with its own digest"
+        );
     }
 
     #[test]
