@@ -614,10 +614,17 @@ impl UplinkConfig {
             bail!("uplink.port = 0: must be 1–65535");
         }
         let topic_safe = |s: &str| !s.is_empty() && !s.contains(['+', '#', '\0']);
-        if !topic_safe(&self.prefix) || self.prefix.starts_with('/') || self.prefix.ends_with('/') {
+        let prefix_safe = |s: &str| topic_safe(s) && !s.starts_with('/') && !s.ends_with('/');
+        if !prefix_safe(&self.prefix) {
             bail!(
                 "uplink.prefix = {:?}: must be a topic without `+`, `#` or a leading or trailing `/`",
                 self.prefix
+            );
+        }
+        if !prefix_safe(&self.discovery_prefix) {
+            bail!(
+                "uplink.discovery_prefix = {:?}: must be a topic without `+`, `#` or a leading or trailing `/`",
+                self.discovery_prefix
             );
         }
         if let Some(id) = &self.kiosk_id {
@@ -1053,6 +1060,14 @@ mod tests {
         for (uplink, field) in [
             ("broker = \"\"", "uplink.broker"),
             ("broker = \"b\"\nprefix = \"a/#\"", "uplink.prefix"),
+            (
+                "broker = \"b\"\ndiscovery_prefix = \"home+assistant\"",
+                "uplink.discovery_prefix",
+            ),
+            (
+                "broker = \"b\"\ndiscovery_prefix = \"ha/#\"",
+                "uplink.discovery_prefix",
+            ),
             ("broker = \"b\"\nkiosk_id = \"a/b\"", "uplink.kiosk_id"),
             ("broker = \"b\"\nstats_secs = 0", "uplink.stats_secs"),
             ("broker = \"b\"\nca_file = \"ca.pem\"", "uplink.ca_file"),
