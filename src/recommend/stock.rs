@@ -2,8 +2,12 @@
 //! and either `in_stock` (true/false, yes/no, 1/0) or `quantity` (a whole number; 0 = out of
 //! stock). Items the file does not name are taken to be in stock; ids the catalogue does not
 //! hold are counted and logged. A malformed row is an error naming its line.
+//!
+//! An id on several rows (a stock export with a row per size or per stock room): with
+//! `quantity`, the rows add up (negative counts as 0), so the item is out of stock only when
+//! every row is 0; with `in_stock`, rows that disagree are an error naming both lines.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -61,6 +65,8 @@ impl Stock {
             (None, None) => bail!("line 1: no `in_stock` or `quantity` column"),
         };
         let mut stock = Stock::default();
+        // Per id: the first line naming it, and whether any of its rows is available.
+        let mut seen: HashMap<String, (usize, bool)> = HashMap::new();
         for (n, record) in reader.records().enumerate() {
             let line = n + 2;
             let record = record.with_context(|| format!("line {line}: not a CSV row"))?;
@@ -83,14 +89,30 @@ impl Stock {
                 }
             };
             stock.rows += 1;
-            match index.get(id) {
-                Some(&i) if !available => {
-                    stock.out.insert(i);
+            let (first_line, any_available) = match seen.get(id) {
+                Some(&(first, before)) => {
+                    if !quantity && before != available {
+                        bail!(
+                            "line {line}: id {id:?} is in_stock {value:?}, line {first} said \
+                             otherwise: give each id one row"
+                        );
+                    }
+                    (first, before || available)
                 }
-                Some(_) => {}
-                None => stock.unknown_ids += 1,
-            }
+                None => {
+                    if !index.contains_key(id) {
+                        stock.unknown_ids += 1;
+                    }
+                    (line, available)
+                }
+            };
+            seen.insert(id.to_string(), (first_line, any_available));
         }
+        stock.out = seen
+            .iter()
+            .filter(|(_, &(_, available))| !available)
+            .filter_map(|(id, _)| index.get(id.as_str()).copied())
+            .collect();
         Ok(stock)
     }
 }
@@ -129,6 +151,23 @@ mod tests {
         );
         let stock = Stock::parse(b"quantity,id\n0,c\n4,a\n", &t).unwrap();
         assert!(stock.in_stock(0) && stock.in_stock(1) && !stock.in_stock(2));
+    }
+
+    #[test]
+    fn an_id_on_several_rows_adds_up_its_quantities_and_must_agree_on_in_stock() {
+        let t = table(&["a", "b", "c"]);
+        // A row per size: `a` has 2 left in one size, `b` none in any, `c` a negative count.
+        let stock = Stock::parse(b"id,quantity\na,0\nb,0\na,2\nb,0\nc,-1\nc,0\n", &t).unwrap();
+        assert!(stock.in_stock(0) && !stock.in_stock(1) && !stock.in_stock(2));
+        assert_eq!((stock.rows, stock.out_of_stock()), (6, 2));
+        let stock = Stock::parse(b"id,in_stock\na,no\na,no\nzz,1\nzz,1\n", &t).unwrap();
+        assert!(!stock.in_stock(0));
+        assert_eq!(stock.unknown_ids, 1, "an unknown id counted once");
+        let err = format!(
+            "{:#}",
+            Stock::parse(b"id,in_stock\na,yes\nb,no\na,no\n", &t).unwrap_err()
+        );
+        assert!(err.contains("line 4") && err.contains("line 2"), "{err}");
     }
 
     #[test]
