@@ -95,6 +95,12 @@ pub fn decode_file(path: &Path) -> Result<RgbImage> {
     decode_bytes(&bytes).with_context(|| format!("cannot decode image {}", path.display()))
 }
 
+/// The widest or tallest image decoded, pixels.
+const MAX_IMAGE_SIDE: u32 = 16_384;
+/// How many decoded bytes a byte of image file may claim: deflate's largest expansion is about
+/// 1,032 to 1 and baseline JPEG's smaller, so a header that claims more is not the file's.
+const MAX_EXPANSION: u64 = 1_100;
+
 /// Decodes an in-memory image (a file's bytes, a camera's MJPEG frame) and applies its EXIF
 /// orientation. A JPEG cut short is an error, not a picture with a grey bottom.
 pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage> {
@@ -108,6 +114,15 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<RgbImage> {
         Some(_) => {}
     }
     let mut decoder = reader.into_decoder()?;
+    let (width, height) = decoder.dimensions();
+    let claimed = decoder.total_bytes();
+    ensure!(
+        width <= MAX_IMAGE_SIDE
+            && height <= MAX_IMAGE_SIDE
+            && claimed <= MAX_EXPANSION.saturating_mul(bytes.len() as u64),
+        "claims {width}x{height} pixels, more than its {} bytes can hold (damaged?)",
+        bytes.len()
+    );
     let orientation = decoder.orientation()?;
     let mut image = DynamicImage::from_decoder(decoder)?;
     image.apply_orientation(orientation);
