@@ -26,7 +26,7 @@ ESC = {"LT": "<", "GT": ">", "RF": "&", "BP": "*", "C": ",", "LP": "(", "RP": ")
 
 # (category, regex on the demangled name + hint()'s tag), first match wins: from the functions the
 # a76/a72 int8/fp32 bench and query runs execute (tract 0.23.9); lists in /work/diag/insn/REPORT.md.
-PREPROCESS = [("decode", r"zune_jpeg|jpeg|png::|decode_file"), ("preprocess", r"fashion_kiosk::preprocess")]
+PREPROCESS = [("decode", r"zune_jpeg|jpeg|png::|decode_file"), ("preprocess", r"kiosk_vision::preprocess")]
 AROUND = [
     ("f16->f32", r"half::|\[f16->f32\]"),
     ("u8->i8 / casts", r"OffsetU8asI8|natural_cast|ops::cast"),
@@ -51,7 +51,7 @@ STARTUP = [("sha256", r"sha2::|[Ss]ha256"),  # checked first, for a whole `query
 SEARCH = [("first stage", r"prefilter::"), ("rows scored (both)", r"i8_score|i8_row|crc32fast|dot_i8"),
           ("every item scored (the check)", r"Table::scan|nearest_by_scan"),
           ("queries, timing", r"bench::|Noise|Instant|Timespec|fmt|stdio")]
-QUERY = [("foreground", r"fashion_kiosk::foreground"), ("search", r"catalogue|nearest")]
+QUERY = [("foreground", r"kiosk_vision::foreground"), ("search", r"catalogue|nearest")]
 MNEMONICS = ["sdot(elem)", "sdot(vec)", "smlal", "smlal2", "fmla"]
 G = lambda n: f"{n / 1e9:.3f}"  # noqa: E731  (giga-instructions)
 STRIPPED = "(stripped binary)"

@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use fashion_kiosk::config::PixelFormatChoice;
-use fashion_kiosk::device::camera::{cid, monotonic_now, Camera, PixelFormat, V4l2Camera};
-use fashion_kiosk::kiosk::lock_controls;
+use kiosk_pipeline::config::PixelFormatChoice;
+use kiosk_service::device::camera::{cid, monotonic_now, Camera, PixelFormat, V4l2Camera};
+use kiosk_service::kiosk::lock_controls;
 
 /// vivid's default pattern: eight vertical bars at 75% intensity, left to right.
 const BARS: [(&str, [u8; 3]); 8] = [
@@ -115,7 +115,7 @@ fn check_controls(camera: &mut V4l2Camera) -> Result<()> {
         ensure!(now == set, "the locked gain moved from {set} to {now}");
     }
     // Back to automatic: the gain moves again (vivid's automatic gain follows the clock).
-    let automatic = fashion_kiosk::device::camera::automatic(&camera.controls()?);
+    let automatic = kiosk_service::device::camera::automatic(&camera.controls()?);
     camera.set_controls(&automatic)?;
     let first = gain(camera)?;
     std::thread::sleep(Duration::from_millis(2100));

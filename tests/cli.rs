@@ -14,8 +14,7 @@ fn int8_manifest() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    common::fashion_kiosk()
-        .args(args)
+    common::fashion_kiosk_args(args)
         .env("FASHION_KIOSK_LOG", "info")
         .output()
         .expect("binary runs")
@@ -128,11 +127,9 @@ fn index_skips_bad_files_reindexes_only_changes_and_query_finds_the_item_itself(
     assert!(err.contains("images/s embedded"), "{err}");
     // The faster form for this CPU embedded (the int8 model's fp32 twin without an int8 dot
     // product); with --no-twin the int8 model itself does, and reads either table.
-    let fastest = fashion_kiosk::form::pick(
-        &int8_manifest(),
-        fashion_kiosk::form::has_int8_dot_product(),
-    )
-    .unwrap();
+    let fastest =
+        kiosk_vision::form::pick(&int8_manifest(), kiosk_vision::form::has_int8_dot_product())
+            .unwrap();
     assert!(
         err.contains(&format!("embedding with {}", fastest.manifest.display())),
         "{err}"
@@ -355,9 +352,9 @@ fn bad_tables_and_images_fail_cleanly_and_a_good_table_survives() {
 fn a_table_with_no_items_is_refused_naming_it_by_bench_and_query() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.fkt");
-    let fingerprint = fashion_kiosk::model::Fingerprint([0; 32]);
-    fashion_kiosk::catalogue::TableBuilder::new(fingerprint, 2048, Vec::new())
-        .write(&empty, fashion_kiosk::catalogue::Element::I8)
+    let fingerprint = kiosk_util::digest::Fingerprint([0; 32]);
+    kiosk_table::catalogue::TableBuilder::new(fingerprint, 2048, Vec::new())
+        .write(&empty, kiosk_table::catalogue::Element::I8)
         .unwrap();
     let bench = run(&[
         "bench",

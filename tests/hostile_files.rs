@@ -21,17 +21,18 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
-use fashion_kiosk::calibration::{Calibration, ColourSettings};
-use fashion_kiosk::catalogue::{Element, Item, Table, TableBuilder};
-use fashion_kiosk::config::Config;
-use fashion_kiosk::labels::Labels;
-use fashion_kiosk::model::{Fingerprint, Manifest};
-use fashion_kiosk::outfit::parser::ParserManifest;
-use fashion_kiosk::part::{Part, Skipped};
-use fashion_kiosk::recommend::stock::Stock;
-use fashion_kiosk::recommend::trends::{self, Options, Similarity, Trends};
-use fashion_kiosk::shard::Shard;
-use fashion_kiosk::uplink::outbox::{Checkpoint, Outbox};
+use kiosk_build::part::{Part, Skipped};
+use kiosk_build::shard::Shard;
+use kiosk_fleet::uplink::outbox::{Checkpoint, Outbox};
+use kiosk_pipeline::config::Config;
+use kiosk_pipeline::recommend::stock::Stock;
+use kiosk_pipeline::recommend::trends::{self, Options, Similarity, Trends};
+use kiosk_table::catalogue::{Element, Item, Table, TableBuilder};
+use kiosk_table::labels::Labels;
+use kiosk_util::digest::Fingerprint;
+use kiosk_vision::calibration::{Calibration, ColourSettings};
+use kiosk_vision::model::Manifest;
+use kiosk_vision::parser::ParserManifest;
 
 /// The system allocator, recording the largest single request of each thread.
 struct Counting;
@@ -180,12 +181,15 @@ fn mutate(data: &mut Vec<u8>, other: &[u8], rng: &mut Rng) {
     }
 }
 
+/// How a format is read: a value or an error.
+type Reader = Box<dyn Fn(&Path) -> anyhow::Result<()>>;
+
 /// A file the kiosk or its tools read, and how they read it.
 struct Format {
     name: &'static str,
     /// The name the file has when it is read (some readers look beside it).
     file_name: &'static str,
-    read: Box<dyn Fn(&Path) -> anyhow::Result<()>>,
+    read: Reader,
     /// The largest single allocation an input of a length justifies.
     allowance: fn(usize) -> usize,
     /// Puts the format's checksums right after a mutation (done for half the inputs), so that
@@ -273,14 +277,14 @@ fn formats(work: &Path) -> Vec<Format> {
             file_name: "catalogue.fkt",
             read: Box::new(|path| Table::load(path).map(drop)),
             fix_checksums: Some(fix_table_checksums),
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "part",
             file_name: "part-0001-of-0004.parquet",
             read: Box::new(|path| Part::read(path).map(drop)),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "config",
@@ -290,42 +294,42 @@ fn formats(work: &Path) -> Vec<Format> {
                 Config::parse(&text)?.validate()
             }),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "model-manifest",
             file_name: "model.manifest.json",
             read: Box::new(|path| Manifest::load(path).map(drop)),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "parser-manifest",
             file_name: "parser.manifest.json",
             read: Box::new(|path| ParserManifest::load(path).map(drop)),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "labels",
             file_name: "labels.csv",
             read: Box::new(|path| Labels::load(path).map(drop)),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "stock",
             file_name: "stock.csv",
             read: Box::new(move |path| Stock::load(path, &stock_table).map(drop)),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "trends",
             file_name: "trends.json",
             read: Box::new(move |path| Trends::load(path, &trends_table).map(drop)),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "scan-log",
@@ -334,10 +338,10 @@ fn formats(work: &Path) -> Vec<Format> {
                 trends::read_log(path)?;
                 Outbox::new(path, 0).read(None, 1000)?;
                 // The kiosk's own repair on open (it appends nothing here).
-                fashion_kiosk::scanlog::ScanLog::open(path, 1 << 20, 0).map(drop)
+                kiosk_service::scanlog::ScanLog::open(path, 1 << 20, 0).map(drop)
             }),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "checkpoint",
@@ -349,7 +353,7 @@ fn formats(work: &Path) -> Vec<Format> {
                 Outbox::new(&log, 1).read(checkpoint.position, 10).map(drop)
             }),
             fix_checksums: None,
-            allowance: allowance,
+            allowance,
         },
         Format {
             name: "calibration-record",

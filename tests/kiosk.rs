@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fashion_kiosk::device::display::{CalibrationStep, Canvas, Screen};
+use kiosk_service::device::display::{CalibrationStep, Canvas, Screen};
 
 mod common;
 
@@ -42,8 +42,7 @@ impl Scene {
         for name in &picked {
             std::fs::copy(repo("demo/catalogue").join(name), catalogue.join(name)).unwrap();
         }
-        let out = common::fashion_kiosk()
-            .args(["index", "--catalogue"])
+        let out = common::fashion_kiosk_args(&["index", "--catalogue"])
             .arg(&catalogue)
             .arg("--labels")
             .arg(repo("demo/labels.csv"))
@@ -660,7 +659,10 @@ fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_ther
 
     // SIGUSR2: "Calibrating" for 3 s, then the next frame (the empty scene) is the reference.
     kiosk.signal(libc::SIGUSR2);
-    wait_for("the reference", &kiosk, || reference.exists());
+    // The file is saved before calibration ends; a press before its end is not a scan.
+    wait_for("the end of calibration", &kiosk, || {
+        kiosk.stderr().contains("calibrated: ")
+    });
     let saved = image::open(&reference).unwrap().to_rgb8();
     assert_eq!(
         saved,

@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 
 use embedded_hal::i2c::{ErrorType, I2c, Operation};
-use fashion_kiosk::device::display::{Canvas, Oled, Screen};
-use fashion_kiosk::device::Display;
+use kiosk_service::device::display::{Canvas, Oled, Screen};
+use kiosk_service::device::Display;
 
 /// An I2C bus that records writes and answers reads with zeros.
 #[derive(Default)]

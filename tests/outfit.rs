@@ -11,11 +11,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{fashion_kiosk, log_lines, repo, wait_for};
-use fashion_kiosk::device::display::Canvas;
-use fashion_kiosk::device::Screen;
-use fashion_kiosk::outfit::parser::Parser;
-use fashion_kiosk::preprocess::{decode_file, Region};
+use common::{fashion_kiosk, fashion_kiosk_args, log_lines, repo, wait_for};
+use kiosk_service::device::display::Canvas;
+use kiosk_service::device::Screen;
+use kiosk_vision::parser::Parser;
+use kiosk_vision::preprocess::{decode_file, Region};
 
 const TINY: &str = "tests/fixtures/tiny-model/tiny.manifest.json";
 /// How long the kiosk may take for each step (an outfit scan under qemu is slow).
@@ -38,8 +38,7 @@ fn run(command: &mut Command) -> String {
 /// The demo catalogue indexed with the tiny model, in `dir`.
 fn demo_table(dir: &Path) -> std::path::PathBuf {
     let table = dir.join("catalogue.fkt");
-    run(fashion_kiosk()
-        .args(["index", "--catalogue"])
+    run(fashion_kiosk_args(&["index", "--catalogue"])
         .arg(repo("demo/catalogue"))
         .arg("--labels")
         .arg(repo("demo/labels.csv"))
@@ -66,7 +65,7 @@ fn the_parser_in_tract_labels_the_cells_as_onnxruntime_does() {
         let name = image["image"].as_str().unwrap();
         let frame = decode_file(&repo(name)).unwrap();
         let scores = tract_linalg::multithread::multithread_tract_scope(
-            fashion_kiosk::model::executor(cores),
+            kiosk_vision::model::executor(cores),
             || session.parse(&frame, Region::Whole).unwrap(),
         );
         let want: Vec<u64> = image["classes"]
@@ -143,7 +142,7 @@ fn query_looks_up_each_garment_of_a_person_and_a_held_up_item_whole() {
     assert!(person["results"].as_array().unwrap().is_empty());
     let garments = person["garments"].as_array().unwrap();
     assert!(garments.len() >= 2, "{person}");
-    let categories = fashion_kiosk::config::OutfitConfig::default().garments;
+    let categories = kiosk_pipeline::config::OutfitConfig::default().garments;
     let classes: Vec<&str> = garments
         .iter()
         .map(|g| g["class"].as_str().unwrap())
@@ -163,7 +162,7 @@ fn query_looks_up_each_garment_of_a_person_and_a_held_up_item_whole() {
         last_middle = y + h / 2;
         let colour = garment["colour"].as_str().unwrap();
         assert!(
-            fashion_kiosk::outfit::palette::PALETTE
+            kiosk_vision::palette::PALETTE
                 .iter()
                 .any(|(name, _)| *name == colour),
             "{colour}"
@@ -328,7 +327,7 @@ fn the_kiosk_shows_and_logs_a_persons_garments_and_without_its_parser_scans_whol
     assert_eq!(record["region"], "outfit", "{record}");
     let garments = record["garments"].as_array().unwrap();
     assert!((2..=4).contains(&garments.len()), "{record}");
-    let labels = fashion_kiosk::config::OutfitConfig::default().garments;
+    let labels = kiosk_pipeline::config::OutfitConfig::default().garments;
     let mut rows = Vec::new();
     for g in garments {
         assert!(g["bbox"].as_array().unwrap().len() == 4, "{g}");

@@ -8,9 +8,10 @@
 
 use std::path::{Path, PathBuf};
 
-use fashion_kiosk::catalogue::dot;
-use fashion_kiosk::model::{self, normalise, Embedder};
-use fashion_kiosk::preprocess::{decode_file, Region};
+use kiosk_table::catalogue::dot;
+use kiosk_table::catalogue::normalise;
+use kiosk_vision::model::{self, Embedder};
+use kiosk_vision::preprocess::{decode_file, Region};
 
 /// The least cosine between the twin's and tract's int8 embedding of an image: 0.99986 measured
 /// on x86 over the twelve images (half of them 1.00000), against 0.996–0.9996 between the int8

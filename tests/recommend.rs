@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{fashion_kiosk, log_lines, repo, wait_for};
+use common::{fashion_kiosk, fashion_kiosk_args, log_lines, repo, wait_for};
 
 const TINY: &str = "tests/fixtures/tiny-model/tiny.manifest.json";
 /// How long the kiosk may take for each step.
@@ -29,8 +29,7 @@ fn the_kiosk_recommends_in_stock_items_says_why_shows_what_goes_with_and_survive
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    run(fashion_kiosk()
-        .args(["index", "--catalogue"])
+    run(fashion_kiosk_args(&["index", "--catalogue"])
         .arg(repo("demo/catalogue"))
         .arg("--labels")
         .arg(repo("demo/labels.csv"))
@@ -60,8 +59,7 @@ fn the_kiosk_recommends_in_stock_items_says_why_shows_what_goes_with_and_survive
         .arg(repo("demo/labels.csv"))
         .args(["--kiosks", "2", "--days", "3", "--test-days", "1", "--out"])
         .arg(work.join("sim")));
-    let built = run(fashion_kiosk()
-        .args(["trends", "--table"])
+    let built = run(fashion_kiosk_args(&["trends", "--table"])
         .arg(work.join("catalogue.fkt"))
         .arg("--logs")
         .arg(work.join("sim/train/kiosk-1/scans.jsonl"))

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 mod common;
 
 use common::repo;
-use fashion_kiosk::catalogue::Table;
+use kiosk_table::catalogue::Table;
 
 /// The stand-in embedder: the same code path as the fashion model, in milliseconds.
 const TINY: &str = "tests/fixtures/tiny-model/tiny.manifest.json";
@@ -19,9 +19,8 @@ fn stderr(out: &Output) -> String {
 }
 
 fn fashion_kiosk(args: &[&str]) -> Command {
-    let mut command = common::fashion_kiosk();
+    let mut command = common::fashion_kiosk_args(args);
     command
-        .args(args)
         .env("FASHION_KIOSK_LOG", "info")
         .env_remove("SLURM_ARRAY_TASK_ID")
         .env_remove("JOB_COMPLETION_INDEX");
@@ -235,7 +234,7 @@ fn a_file_list_from_stdin_limits_what_is_embedded() {
         "--element",
         "f32",
     ]));
-    let table = fashion_kiosk::catalogue::Table::load(&merged).unwrap();
+    let table = kiosk_table::catalogue::Table::load(&merged).unwrap();
     let mut sources: Vec<String> = table.items().iter().map(|i| i.source.to_string()).collect();
     sources.sort();
     names.sort();

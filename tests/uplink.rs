@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use broker::{free_port, Broker, BrokerOptions, Kiosk, Subscriber};
-use common::{fashion_kiosk, repo};
+use common::{fashion_kiosk, fashion_kiosk_args, repo};
 
 #[test]
 fn every_scan_arrives_in_order_with_availability_state_and_stats() {
@@ -253,8 +253,7 @@ fn the_kiosks_metrics_parse_as_prometheus_text_and_its_health_reaches_the_state_
     let port = free_port();
     let kiosk = Kiosk::new(port, "", 1 << 20, 3);
     let work = kiosk.dir.path();
-    let status = fashion_kiosk()
-        .args(["index", "--catalogue"])
+    let status = fashion_kiosk_args(&["index", "--catalogue"])
         .arg(repo("demo/catalogue"))
         .arg("--out")
         .arg(work.join("catalogue.fkt"))

@@ -11,10 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fashion_kiosk::scanlog::ScanLog;
+use kiosk_service::scanlog::ScanLog;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 
-use crate::common::{fashion_kiosk, repo};
+use crate::common::{fashion_kiosk_args, repo};
 
 /// Generous: the aarch64 test run starts the uplink under qemu.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -295,9 +295,7 @@ retry_max_secs = 2
                 .unwrap()
                 .as_nanos()
         ));
-        let child = fashion_kiosk()
-            .arg("uplink")
-            .arg("--config")
+        let child = fashion_kiosk_args(&["uplink", "--config"])
             .arg(self.dir.path().join("kiosk.toml"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -26,20 +26,69 @@ pub fn demo_sample(n: usize) -> Vec<String> {
         .collect()
 }
 
-/// A command for the binary under test. Cross tests run under an emulator (the cargo runner
-/// starts the test binaries, but not the processes they spawn): `FASHION_KIOSK_TEST_RUNNER`, e.g.
-/// `qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu`, is put in front of the binary.
+/// A command for the scanning service's binary. Cross tests run under an emulator (the cargo
+/// runner starts the test binaries, but not the processes they spawn):
+/// `FASHION_KIOSK_TEST_RUNNER`, e.g. `qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu`, is
+/// put in front of the binary.
 pub fn fashion_kiosk() -> Command {
-    let bin = env!("CARGO_BIN_EXE_fashion-kiosk");
+    command(Path::new(env!("CARGO_BIN_EXE_fashion-kiosk")))
+}
+
+/// A command for `fashion-kiosk-build` (index, merge, trends), built beside the service's binary
+/// by the same `cargo test` (its crate's own tests ask for it).
+#[allow(dead_code)] // not every test file builds a catalogue
+pub fn fashion_kiosk_build() -> Command {
+    command(&sibling("fashion-kiosk-build"))
+}
+
+/// A command for `fashion-kiosk-uplink`, built beside the service's binary.
+#[allow(dead_code)] // for the uplink's tests
+pub fn fashion_kiosk_uplink() -> Command {
+    command(&sibling("fashion-kiosk-uplink"))
+}
+
+/// The command for `fashion-kiosk ARGS…`, natively and under an emulator: the service's binary,
+/// or for what it forwards (`index`, `merge`, `trends`, `uplink`) the binary that has it, called
+/// directly (an emulated binary cannot exec another).
+pub fn fashion_kiosk_args(args: &[&str]) -> Command {
+    let mut command = match args.first().copied() {
+        Some(name @ ("index" | "merge" | "trends")) => {
+            let mut command = fashion_kiosk_build();
+            command.arg(name);
+            command
+        }
+        Some("uplink") => fashion_kiosk_uplink(),
+        Some(name) => {
+            let mut command = fashion_kiosk();
+            command.arg(name);
+            command
+        }
+        None => fashion_kiosk(),
+    };
+    command.args(args.iter().skip(1));
+    command
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_fashion-kiosk")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the whole workspace's tests (`cargo test` at the top)",
+        path.display()
+    );
+    path
+}
+
+fn command(binary: &Path) -> Command {
     let runner = std::env::var("FASHION_KIOSK_TEST_RUNNER").unwrap_or_default();
     let mut words = runner.split_whitespace();
     match words.next() {
         Some(emulator) => {
             let mut command = Command::new(emulator);
-            command.args(words).arg(bin);
+            command.args(words).arg(binary);
             command
         }
-        None => Command::new(bin),
+        None => Command::new(binary),
     }
 }
 
