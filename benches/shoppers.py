@@ -7,7 +7,7 @@
 
 Writes, for K = 1..N, `OUT/train/kiosk-K/scans.jsonl` (sessions starting before the last T days)
 and `OUT/test/kiosk-K/scans.jsonl` (the last T days), one JSON line per scan in the kiosk's
-scan-log format (see src/kiosk/mod.rs, `ScanRecord`; the optional "colour" field is left out):
+scan-log format, version 1 (see crates/pipeline/src/record.rs, `ScanRecord`; "colour" is left out):
 
     {"time":"2026-11-03T10:15:02.123Z","boot":"sim-1-2","scan":17,"outcome":"ok",
      "region":"reference","results":[{"id":"15970","score":0.912},…5 items],"coalesced":0,

@@ -541,6 +541,7 @@ fn write_corpus() {
     let scan = |secs: u64, id: &str| trends::Scan {
         time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000 + secs),
         id: id.into(),
+        outfit: None,
     };
     let history = vec![
         scan(0, "1000"),

@@ -187,7 +187,7 @@ pub struct Correction {
 }
 
 /// Where one scan's colour correction came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// Not corrected.
@@ -199,12 +199,12 @@ pub enum Source {
 }
 
 /// The gains one scan applied, and where they came from (the scan log records both).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
     pub source: Source,
     pub gains: [f32; 3],
     /// Why the patch was not used, when it was configured but could not be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 

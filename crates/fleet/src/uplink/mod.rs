@@ -28,12 +28,13 @@ use rumqttc::{
     MqttOptions, Outgoing, QoS, TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use self::acks::Acks;
 use self::outbox::{Checkpoint, Outbox, Position, SaveReport, SaveSchedule};
 use kiosk_pipeline::config::{Config, UplinkConfig};
+use kiosk_pipeline::record::{Outcome, ScanRecord};
 use kiosk_pipeline::status::{self as health, Part};
 
 /// Scans published and not yet acknowledged, at most.
@@ -505,10 +506,10 @@ impl Uplink {
         Ok(())
     }
 
-    /// A log line as published: `kiosk` and `key` first, then the line's fields. A line that
+    /// A log line as published: `kiosk` and `key` first, then the record's fields. A line that
     /// is not a scan record is skipped (and logged).
     fn scan_message(&mut self, text: &str) -> Option<(String, String)> {
-        let record: Map<String, Value> = match serde_json::from_str(text) {
+        let record = match ScanRecord::parse(text) {
             Ok(record) => record,
             Err(e) => {
                 tracing::warn!(
@@ -518,15 +519,27 @@ impl Uplink {
                 return None;
             }
         };
-        let boot = record.get("boot").and_then(Value::as_str).unwrap_or("-");
-        let scan = record.get("scan").and_then(Value::as_u64).unwrap_or(0);
-        let key = format!("{}/{boot}/{scan}", self.settings.kiosk_id);
+        let key = format!("{}/{}/{}", self.settings.kiosk_id, record.boot, record.scan);
         self.window.note(&key, &record);
-        let mut message = Map::new();
-        message.insert("kiosk".into(), Value::from(self.settings.kiosk_id.clone()));
-        message.insert("key".into(), Value::from(key.clone()));
-        message.extend(record);
-        Some((key, Value::Object(message).to_string()))
+        #[derive(Serialize)]
+        struct Message<'a> {
+            kiosk: &'a str,
+            key: &'a str,
+            #[serde(flatten)]
+            record: &'a ScanRecord,
+        }
+        let message = Message {
+            kiosk: &self.settings.kiosk_id,
+            key: &key,
+            record: &record,
+        };
+        match serde_json::to_string(&message) {
+            Ok(message) => Some((key, message)),
+            Err(e) => {
+                tracing::warn!("scan {key}: cannot encode its message ({e})");
+                None
+            }
+        }
     }
 
     /// Publishes the kiosk's state when it changed (or on a new connection).
@@ -760,18 +773,14 @@ struct StatsWindow {
 struct SeenScan {
     time: SystemTime,
     key: String,
-    outcome: String,
-    total_ms: Option<f64>,
+    outcome: Outcome,
+    total_ms: f64,
 }
 
 impl StatsWindow {
     /// Notes a scan record (once per key: a resend after reconnecting is not counted again).
-    fn note(&mut self, key: &str, record: &Map<String, Value>) {
-        let Some(time) = record
-            .get("time")
-            .and_then(Value::as_str)
-            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        else {
+    fn note(&mut self, key: &str, record: &ScanRecord) {
+        let Ok(time) = humantime::parse_rfc3339_weak(&record.time) else {
             return;
         };
         if !self.keys.insert(key.to_string()) {
@@ -780,15 +789,8 @@ impl StatsWindow {
         self.scans.push_back(SeenScan {
             time,
             key: key.to_string(),
-            outcome: record
-                .get("outcome")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_string(),
-            total_ms: record
-                .get("latency_ms")
-                .and_then(|l| l.get("total"))
-                .and_then(Value::as_f64),
+            outcome: record.outcome,
+            total_ms: record.latency_ms.total,
         });
     }
 
@@ -811,8 +813,8 @@ impl StatsWindow {
             keep
         });
         let in_window: Vec<&SeenScan> = self.scans.iter().filter(|s| s.time <= now).collect();
-        let count = |outcome: &str| in_window.iter().filter(|s| s.outcome == outcome).count();
-        let mut latencies: Vec<f64> = in_window.iter().filter_map(|s| s.total_ms).collect();
+        let count = |outcome: Outcome| in_window.iter().filter(|s| s.outcome == outcome).count();
+        let mut latencies: Vec<f64> = in_window.iter().map(|s| s.total_ms).collect();
         latencies.sort_by(f64::total_cmp);
         let percentile = |p: f64| -> Option<f64> {
             (!latencies.is_empty()).then(|| {
@@ -824,9 +826,9 @@ impl StatsWindow {
             "time": humantime::format_rfc3339_seconds(now).to_string(),
             "window_s": window.as_secs_f64(),
             "scans": in_window.len(),
-            "ok": count("ok"),
-            "nothing": count("nothing"),
-            "errors": count("error"),
+            "ok": count(Outcome::Ok),
+            "nothing": count(Outcome::Nothing),
+            "errors": count(Outcome::Error),
             "latency_ms": {
                 "p50": percentile(50.0),
                 "p90": percentile(90.0),
@@ -842,12 +844,10 @@ impl StatsWindow {
 mod tests {
     use super::*;
 
-    fn record(time: &str, scan: u64, outcome: &str, total: f64) -> Map<String, Value> {
-        json!({"time": time, "boot": "b", "scan": scan, "outcome": outcome,
-               "latency_ms": {"total": total}})
-        .as_object()
-        .unwrap()
-        .clone()
+    fn record(time: &str, scan: u64, outcome: &str, total: f64) -> ScanRecord {
+        let line = json!({"time": time, "boot": "b", "scan": scan, "outcome": outcome,
+               "region": "none", "latency_ms": {"total": total}});
+        ScanRecord::parse(&line.to_string()).unwrap()
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod trends;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::stock::Stock;
 use self::trends::Trends;
@@ -32,7 +32,7 @@ use crate::config::RecommendConfig;
 use kiosk_table::catalogue::{dot, Hit, Table};
 
 /// Where a recommended item came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     /// The visual search.
@@ -46,7 +46,7 @@ pub enum Source {
 }
 
 /// One recommended item and what its relevance is made of.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranked {
     #[serde(skip)]
     pub index: usize,

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::record::{Outcome, ScanRecord};
 use kiosk_table::catalogue::Table;
 use kiosk_util::files::write_atomically;
 
@@ -72,11 +73,14 @@ const MAX_GAP: Duration = Duration::from_secs(366 * 86_400);
 /// left out: their weights would otherwise underflow to 0 and leave pairs scored 0 ÷ 0.
 const MAX_HALF_LIVES: f64 = 60.0;
 
-/// One scan of the history: when, and the item it found first.
+/// One scan of the history: when, and the item it found first (for an outfit, one garment's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scan {
     pub time: SystemTime,
     pub id: String,
+    /// The outfit this garment was worn in (its scan's place in the history): an outfit is a
+    /// session of its own.
+    pub outfit: Option<u64>,
 }
 
 /// The sidecar as stored.
@@ -226,8 +230,9 @@ impl Trends {
 }
 
 /// A scan log and its rotated files (`LOG.N` … `LOG.1`, `LOG`), oldest first, as one kiosk's
-/// history: the scans that found an item (`"outcome":"ok"`), in time order. Lines that are not
-/// scan records are counted, not fatal.
+/// history in time order: each scan that found an item (its first result), and each garment of an
+/// outfit scan (its first result, the outfit's garments together). Lines that are not scan
+/// records are counted, not fatal.
 pub fn read_log(path: &Path) -> Result<(Vec<Scan>, usize)> {
     let mut files: Vec<PathBuf> = (1..)
         .map(|n| {
@@ -241,40 +246,51 @@ pub fn read_log(path: &Path) -> Result<(Vec<Scan>, usize)> {
     files.push(path.to_path_buf());
     let mut scans = Vec::new();
     let mut bad = 0;
+    let mut line_number = 0u64;
     for file in files {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read scan log {}", file.display()))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+            line_number += 1;
+            let Ok(record) = ScanRecord::parse(line) else {
                 bad += 1;
                 continue;
             };
-            if record["outcome"] != "ok" {
+            if record.outcome != Outcome::Ok {
                 continue;
             }
-            let time = record["time"]
-                .as_str()
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-            let id = record["results"][0]["id"].as_str();
-            match (time, id) {
-                (Some(time), Some(id)) => scans.push(Scan {
-                    time,
-                    id: id.to_string(),
-                }),
-                _ => bad += 1,
-            }
+            let Ok(time) = humantime::parse_rfc3339_weak(&record.time) else {
+                bad += 1;
+                continue;
+            };
+            let outfit = (!record.garments.is_empty()).then_some(line_number);
+            let found = record
+                .results
+                .first()
+                .into_iter()
+                .chain(record.garments.iter().filter_map(|g| g.results.first()));
+            let before = scans.len();
+            scans.extend(found.map(|item| Scan {
+                time,
+                id: item.id.clone(),
+                outfit,
+            }));
+            bad += usize::from(scans.len() == before);
         }
     }
+    // Stable: an outfit's garments stay together.
     scans.sort_by_key(|s| s.time);
     Ok((scans, bad))
 }
 
-/// Splits one kiosk's scans (in time order) into sessions.
+/// Splits one kiosk's scans (in time order) into sessions: at a gap longer than `gap`, and
+/// around each outfit.
 pub fn sessions(scans: &[Scan], gap: Duration) -> Vec<&[Scan]> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=scans.len() {
         let split = i == scans.len()
+            || scans[i].outfit != scans[i - 1].outfit
             || scans[i]
                 .time
                 .duration_since(scans[i - 1].time)
@@ -518,7 +534,49 @@ mod tests {
         Scan {
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs),
             id: id.into(),
+            outfit: None,
         }
+    }
+
+    #[test]
+    fn an_outfits_garments_are_a_session_of_their_own_and_other_lines_count_as_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("scans.jsonl");
+        let item = |second: u32, id: &str| {
+            format!(
+                r#"{{"time":"2026-12-01T10:00:{second:02}.000Z","boot":"b","scan":1,"outcome":"ok","region":"reference","results":[{{"id":"{id}","score":0.9}},{{"id":"zz","score":0.5}}]}}"#
+            )
+        };
+        let garment = |class: &str, id: &str| {
+            format!(
+                r#"{{"class":"{class}","bbox":[0,0,9,9],"share":0.2,"colour":"Blue","rgb":[0,0,200],"results":[{{"id":"{id}","score":0.8}},{{"id":"zz","score":0.4}}]}}"#
+            )
+        };
+        let outfit = format!(
+            r#"{{"version":2,"time":"2026-12-01T10:00:20.000Z","boot":"b","scan":3,"outcome":"ok","region":"outfit","results":[],"garments":[{},{}]}}"#,
+            garment("upper", "i2"),
+            garment("lower", "i3")
+        );
+        let failed = r#"{"version":2,"time":"2026-12-01T10:00:30.000Z","boot":"b","scan":4,"outcome":"error","error":{"kind":"camera_lost","message":"gone"},"region":"none","results":[]}"#;
+        let lines = [
+            item(0, "i0"),
+            item(10, "i1"),
+            outfit,
+            failed.to_string(),
+            "not a record".to_string(),
+            item(40, "i4"),
+        ];
+        std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+        let (scans, bad) = read_log(&log).unwrap();
+        let ids: Vec<&str> = scans.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["i0", "i1", "i2", "i3", "i4"]);
+        assert_eq!(bad, 1);
+        // All within the gap, but the outfit stands alone.
+        let sessions: Vec<Vec<&str>> = sessions(&scans, Duration::from_secs(600))
+            .iter()
+            .map(|s| s.iter().map(|scan| scan.id.as_str()).collect())
+            .collect();
+        assert_eq!(sessions, [vec!["i0", "i1"], vec!["i2", "i3"], vec!["i4"]]);
     }
 
     fn options() -> Options {
