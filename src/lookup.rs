@@ -12,6 +12,7 @@ use indicatif::ProgressBar;
 use kiosk_pipeline::args::ModelArg;
 use kiosk_pipeline::config::{Config, OutfitConfig, Overrides};
 use kiosk_pipeline::outfit::{self, evaluate::Split, OutfitScanner};
+use kiosk_pipeline::pipeline::{Pipeline, Store};
 use kiosk_pipeline::query::{self, FoundBy};
 use kiosk_pipeline::{bench, evaluate, frames};
 use kiosk_table::catalogue::Table;
@@ -70,9 +71,21 @@ impl OutfitArgs {
 
 #[derive(Args)]
 pub struct QueryArgs {
+    /// Look up as the kiosk this config describes scans: its model, table, calibration, outfits,
+    /// re-ranking and `kiosk.top`, assembled as the service assembles them. The answer is what a
+    /// scan of the image logs; the look-up options below are then the config's.
+    #[arg(
+        long,
+        value_name = "CONFIG",
+        conflicts_with_all = [
+            "table", "flip", "crops", "top", "model", "outfit", "parser", "outfit_config",
+            "visual_order", "reference", "reference_dir", "white_patch"
+        ]
+    )]
+    pub config: Option<PathBuf>,
     /// Table made by `index`.
-    #[arg(long, value_name = "TABLE")]
-    pub table: PathBuf,
+    #[arg(long, value_name = "TABLE", required_unless_present = "config")]
+    pub table: Option<PathBuf>,
     /// Image to look up.
     #[arg(
         long,
@@ -271,8 +284,12 @@ pub struct BenchArgs {
 }
 
 pub fn cmd_query(args: QueryArgs) -> Result<()> {
+    if let Some(config) = &args.config {
+        return query_as_kiosk(config, &args);
+    }
     let embedder = args.model.load()?;
-    let table = embedder.load_table(&args.table)?;
+    let table_path = args.table.as_deref().context("give --table or --config")?;
+    let table = embedder.load_table(table_path)?;
     let mut session = embedder.session()?;
     let mut outfit = args.outfit.load(false)?;
     let threads = args.threads.unwrap_or_else(all_cores);
@@ -309,6 +326,46 @@ pub fn cmd_query(args: QueryArgs) -> Result<()> {
             (None, Some(dir)) => query_folder(&mut session, &table, dir, outfit.as_mut(), &args),
             (None, None) => bail!("give --image or --images"),
         }
+    })
+}
+
+/// `query --config`: each image through the kiosk's own pipeline, one result each.
+fn query_as_kiosk(path: &Path, args: &QueryArgs) -> Result<()> {
+    let config = Config::load(path, &Overrides::default())?;
+    let pick = config.model.pick()?;
+    let embedder = model::Embedder::load(&pick.manifest)?;
+    let table = embedder.load_table(&config.catalogue.table)?;
+    let mut pipeline =
+        Pipeline::assemble(&config, embedder.session()?, table, &mut Store::default());
+    let images = match (&args.image, &args.images) {
+        (Some(image), _) => vec![image.clone()],
+        (None, Some(dir)) => preprocess::list_images(dir, "image folder")?
+            .images
+            .into_iter()
+            .map(|(path, _)| path)
+            .collect(),
+        (None, None) => bail!("give --image or --images"),
+    };
+    let threads = args.threads.unwrap_or_else(|| config.model.thread_count());
+    tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
+        for image in &images {
+            let frame = preprocess::decode_file(image)?;
+            let result = pipeline.look_up(&frame)?;
+            if args.json {
+                let mut line = serde_json::to_value(&result)?;
+                let name = image
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                line.as_object_mut()
+                    .expect("a result is an object")
+                    .insert("image".into(), name.into());
+                println!("{line}");
+            } else {
+                print_results(image, &result);
+            }
+        }
+        Ok(())
     })
 }
 

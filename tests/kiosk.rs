@@ -328,8 +328,13 @@ fn kiosk_scans_on_presses_survives_faults_and_reloads() {
     wait_for("scan 4", &kiosk, lines(4));
     let failed = scan_log(&scene)[3].clone();
     assert_eq!(failed["outcome"], "error", "{failed}");
+    assert_eq!(failed["version"], 2, "{failed}");
+    assert_eq!(failed["error"]["kind"], "camera_lost", "{failed}");
     assert!(
-        failed["error"].as_str().unwrap().contains("camera"),
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("camera"),
         "{failed}"
     );
     std::fs::rename(&unplugged, &camera).unwrap();
@@ -393,7 +398,7 @@ fn kiosk_scans_on_presses_survives_faults_and_reloads() {
     }
     let camera_error = Canvas::of(&Screen::Message {
         title: "Camera offline".into(),
-        detail: failed["error"].as_str().unwrap().into(),
+        detail: failed["error"]["message"].as_str().unwrap().into(),
     });
     assert!(shown.contains(&camera_error));
     assert!(shown
@@ -557,6 +562,7 @@ fn check_reports_each_part_and_fails_on_a_missing_camera() {
         "model",
         "catalogue",
         "camera",
+        "look-up",
         "trigger",
         "display",
         "scan log",
@@ -724,6 +730,40 @@ fn kiosk_calibrated_through_sigusr2_finds_the_item_and_says_when_nothing_is_ther
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
     };
+    // `query --config`: the kiosk's own pipeline, so exactly what its scan of the frame logged.
+    let out = common::fashion_kiosk()
+        .args(["query", "--json", "--config"])
+        .arg(&config)
+        .arg("--image")
+        .arg(camera.join("b-item.png"))
+        .output()
+        .unwrap();
+    let as_kiosk: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // Scores are f32 in both (JSON prints them with different digits).
+    let id_and_score = |results: &serde_json::Value| -> Vec<(String, f32)> {
+        results
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let score = r["score"].as_f64().unwrap() as f32;
+                (r["id"].as_str().unwrap().into(), score)
+            })
+            .collect()
+    };
+    assert_eq!(as_kiosk["region"], found["region"], "{as_kiosk}");
+    assert_eq!(as_kiosk["colour"], found["colour"], "{as_kiosk}");
+    assert_eq!(
+        id_and_score(&as_kiosk["results"]),
+        id_and_score(&found["results"]),
+        "query --config and the scan disagree"
+    );
+    assert_eq!(
+        as_kiosk["results"].as_array().unwrap().len(),
+        5,
+        "kiosk.top"
+    );
     let with_reference = ["--reference", reference.to_str().unwrap()];
     let result = query_item(&with_reference);
     assert_eq!(result["region"], "reference");

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use image::RgbImage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::outfit::{GarmentResult, OutfitScanner};
 use crate::recommend::{Ranked, Recommender};
@@ -46,11 +46,13 @@ pub struct Latency {
     pub preprocess: f64,
     pub embed: f64,
     pub search: f64,
+    /// Re-ranking the visual candidates into recommendations (0 without `[recommend]`).
+    pub rank: f64,
     pub total: f64,
 }
 
 /// How the item was found in a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FoundBy {
     /// Its difference to the empty scene.
@@ -304,6 +306,7 @@ pub fn query_image(
             preprocess: times.preprocess,
             embed: times.embed,
             search: times.search,
+            rank: 0.0,
             total: ms(start, Instant::now()),
         },
         vector,

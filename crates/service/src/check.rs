@@ -1,6 +1,6 @@
 //! `fashion-kiosk check`: the installer's first command. Tries the model, the table, the camera,
-//! the scene calibration, the trigger, the display and the scan log of a config, and reports each
-//! as ok or failing.
+//! the scene calibration, a scan of the camera's frame through the kiosk's pipeline, the trigger,
+//! the display and the scan log of a config, and reports each as ok or failing.
 
 use std::time::Instant;
 
@@ -13,8 +13,10 @@ use crate::device::{self, Screen};
 use crate::scanlog::ScanLog;
 use kiosk_pipeline::config::Config;
 use kiosk_pipeline::outfit::Outfits;
+use kiosk_pipeline::pipeline::{Pipeline, Store};
 use kiosk_pipeline::recommend::{stock::Stock, trends::Trends};
 use kiosk_pipeline::status::{self, CatalogueHealth, Health, ModelHealth, Part};
+use kiosk_table::catalogue::Table;
 use kiosk_vision::calibration::{Calibration, ControlSetting};
 use kiosk_vision::colour;
 use kiosk_vision::model::Embedder;
@@ -334,6 +336,9 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
             ));
         }
     }
+    if let (Ok(embedder), Ok(table), Some(frame)) = (&embedder, table, &frame) {
+        findings.push(finding("look-up", look_up(config, embedder, table, frame)));
+    }
     if let Some(rect) = config.scene.white_patch {
         findings.push(finding(
             "patch",
@@ -374,6 +379,26 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
         },
     ));
     (findings, health)
+}
+
+/// The camera's frame through the pipeline a scan uses, assembled from `config`: how the item
+/// was found, the first result and how long it took.
+fn look_up(config: &Config, embedder: &Embedder, table: Table, frame: &RgbImage) -> Result<String> {
+    let mut pipeline =
+        Pipeline::assemble(config, embedder.session()?, table, &mut Store::default());
+    let start = Instant::now();
+    let result = pipeline.look_up(frame)?;
+    let took = start.elapsed().as_secs_f64() * 1000.0;
+    let found = match (result.results.first(), result.garments.len()) {
+        (Some(best), _) => format!("{} ({:.3}) first", best.id, best.score),
+        (None, 0) => "nothing to look up".into(),
+        (None, garments) => format!("{garments} garments"),
+    };
+    Ok(format!(
+        "a scan of the frame: {} by {}, in {took:.0} ms",
+        found,
+        result.region.name()
+    ))
 }
 
 /// A finding as a device's health.

@@ -16,24 +16,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use serde::Serialize;
 
 use self::core::{Core, Effect, Event, Notice, Outcome, Settings};
-use self::scanner::{Report, Request, ScanFailure, ScanLatency, ScanReport, Scanner};
+use self::scanner::{Report, Request, ScanReport, Scanner};
 use crate::device::{self, Display, Screen};
 use crate::health::{Monitor, ScanOutcome};
 use crate::scanlog::ScanLog;
-use kiosk_pipeline::config::{Config, OutfitConfig};
-use kiosk_pipeline::outfit::OutfitScanner;
-use kiosk_pipeline::query::{ms, FoundBy};
-use kiosk_pipeline::recommend::stock::Stock;
-use kiosk_pipeline::recommend::trends::Trends;
-use kiosk_pipeline::recommend::{Ranked, Recommender};
+use kiosk_pipeline::config::Config;
+use kiosk_pipeline::pipeline::{load_calibration, Pipeline, Store};
+use kiosk_pipeline::query::{ms, FoundBy, Recommendation};
+use kiosk_pipeline::record::{self, LoggedGarment, LoggedItem, ScanError, ScanRecord};
 use kiosk_pipeline::status::{CatalogueHealth, ModelHealth, Part};
 use kiosk_table::catalogue::Table;
-use kiosk_vision::calibration::Calibration;
-use kiosk_vision::colour;
-use kiosk_vision::model::Embedder;
+use kiosk_vision::model::{Embedder, Session};
 
 pub use self::calibrate::{calibrate_camera, lock_controls};
 
@@ -100,6 +95,72 @@ pub fn run(config: &Config) -> Result<()> {
         "starting: loading the model and the catalogue",
     )]);
     // The display next, so that every later failure can be shown.
+    let (mut screens, display_fault, mut monitor) = open_display(config)?;
+    let (embedder, session, table) = load_model_and_table(config, &mut screens, &mut monitor)?;
+    let items = table.len();
+    let mut scan_log = match &config.scan_log.path {
+        Some(path) => Some(
+            ScanLog::open(path, config.scan_log.max_bytes, config.scan_log.keep)
+                .map_err(|e| startup_failure("Scan log", &mut screens, &mut monitor, e))?,
+        ),
+        None => None,
+    };
+    let trigger = device::open_trigger(&config.trigger, config.kiosk.debounce())
+        .context("cannot open the trigger")
+        .map_err(|e| startup_failure("No button", &mut screens, &mut monitor, e))?;
+    match trigger {
+        Some(trigger) => {
+            tracing::info!("trigger: {} (and SIGUSR1)", trigger.describe());
+            spawn_trigger_thread(trigger, inputs_tx.clone())?;
+        }
+        None => tracing::info!("trigger: SIGUSR1 only"),
+    }
+
+    let mut store = Store::default();
+    let pipeline = Pipeline::assemble(config, session, table, &mut store);
+    monitor.set_calibrated(pipeline.calibration().and_then(|c| c.taken.clone()));
+    let requests = spawn_scanner(config, pipeline, inputs_tx)?;
+
+    let settings = Settings {
+        debounce: config.kiosk.debounce(),
+        results_for: config.kiosk.results_for(),
+        scan_timeout: config.kiosk.scan_timeout(),
+        camera_retry_max: config.kiosk.camera_retry_max(),
+        watchdog: sd_notify::watchdog_enabled().map(|w| w / 2),
+        goes_with: config.recommend.as_ref().is_some_and(|r| r.goes_with),
+    };
+    let (core, effects) = Core::new(settings, items, Instant::now());
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("ready: {items} items")),
+    ]);
+    let boot = boot_id();
+    tracing::info!("ready: press to scan (boot {boot})");
+    monitor.set_status("running");
+    monitor.publish();
+
+    let mut io = Io {
+        boot,
+        config,
+        embedder: &embedder,
+        requests,
+        scan_log: &mut scan_log,
+        screens,
+        monitor,
+        store,
+        finished: None,
+    };
+    let mut pending: VecDeque<Event> = VecDeque::new();
+    if let Some(fault) = display_fault {
+        pending.push_back(Event::DisplayFailed(fault));
+    }
+    let result = io.serve(core, effects, &inputs, pending);
+    io.stopped(result)
+}
+
+/// The display (a fault to show once running, if it cannot open) and the health monitor, with
+/// the starting screen up.
+fn open_display(config: &Config) -> Result<(Screens, Option<String>, Monitor)> {
     let (display, display_fault) = match device::open_display(&config.display) {
         Ok(Some(opened)) => {
             tracing::info!("display: {}", opened.describe());
@@ -125,82 +186,61 @@ pub fn run(config: &Config) -> Result<()> {
         title: "Starting".into(),
         detail: "Loading the model and the catalogue".into(),
     });
+    Ok((screens, display_fault, monitor))
+}
 
+/// The model (its form picked for this CPU), a session of it and the catalogue; a failure is
+/// shown on the screen and in the health files.
+fn load_model_and_table(
+    config: &Config,
+    screens: &mut Screens,
+    monitor: &mut Monitor,
+) -> Result<(Embedder, Session, Table)> {
     let pick = config
         .model
         .pick()
-        .map_err(|e| startup_failure("No model", &mut screens, &mut monitor, e))?;
+        .map_err(|e| startup_failure("No model", screens, monitor, e))?;
     let embedder = Embedder::load(&pick.manifest)
-        .map_err(|e| startup_failure("No model", &mut screens, &mut monitor, e))?;
+        .map_err(|e| startup_failure("No model", screens, monitor, e))?;
     monitor.set_model(ModelHealth {
         name: embedder.manifest().name.clone(),
         fingerprint: embedder.fingerprint().to_string(),
     });
     let table = embedder
         .load_table(&config.catalogue.table)
-        .map_err(|e| startup_failure("No catalogue", &mut screens, &mut monitor, e))?;
+        .map_err(|e| startup_failure("No catalogue", screens, monitor, e))?;
     let session = embedder
         .session()
-        .map_err(|e| startup_failure("No model", &mut screens, &mut monitor, e))?;
-    let items = table.len();
+        .map_err(|e| startup_failure("No model", screens, monitor, e))?;
     monitor.set_catalogue(CatalogueHealth {
-        items,
+        items: table.len(),
         fingerprint: table.content_id(),
     });
     tracing::info!(
-        "model {} ({}; {}), catalogue {} with {items} items",
+        "model {} ({}; {}), catalogue {} with {} items",
         embedder.manifest().name,
         pick.manifest.display(),
         pick.reason,
-        config.catalogue.table.display()
+        config.catalogue.table.display(),
+        table.len()
     );
-    let calibration = load_calibration(config);
-    monitor.set_calibrated(calibration.as_ref().and_then(|c| c.taken.clone()));
-    let colour = calibration
-        .as_ref()
-        .map(|c| c.correction(&config.scene.colour()))
-        .unwrap_or_default();
-    let mut scan_log = match &config.scan_log.path {
-        Some(path) => Some(
-            ScanLog::open(path, config.scan_log.max_bytes, config.scan_log.keep)
-                .map_err(|e| startup_failure("Scan log", &mut screens, &mut monitor, e))?,
-        ),
-        None => None,
-    };
-    let trigger = device::open_trigger(&config.trigger, config.kiosk.debounce())
-        .context("cannot open the trigger")
-        .map_err(|e| startup_failure("No button", &mut screens, &mut monitor, e))?;
-    match trigger {
-        Some(trigger) => {
-            tracing::info!("trigger: {} (and SIGUSR1)", trigger.describe());
-            spawn_trigger_thread(trigger, inputs_tx.clone())?;
-        }
-        None => tracing::info!("trigger: SIGUSR1 only"),
-    }
+    Ok((embedder, session, table))
+}
 
-    let mut store = StoreData::default();
-    let recommender = recommender_for(config, &table, &mut store);
+/// Starts the scanner thread on `pipeline`; its reports join the other inputs. Returns where
+/// its requests go.
+fn spawn_scanner(
+    config: &Config,
+    pipeline: Pipeline,
+    inputs: Sender<Input>,
+) -> Result<Sender<Request>> {
     let (requests, worker_requests) = mpsc::channel();
     let (reports_tx, reports) = mpsc::channel();
-    let outfit = config.outfit.as_ref().and_then(|settings| {
-        load_outfits(settings, &table)
-            .inspect_err(|e| {
-                tracing::error!("outfits off, every scan looks up the whole frame: {e:#}")
-            })
-            .ok()
-    });
     let scanner = Scanner {
         camera_config: config.camera.clone(),
         camera: None,
-        session,
-        table: Arc::new(table),
-        recommender,
-        last_match: None,
-        outfit,
-        top: config.kiosk.top,
+        pipeline,
         scene: config.scene.clone(),
-        calibration,
-        colour,
         pending: None,
     };
     let threads = config.model.thread_count();
@@ -208,111 +248,17 @@ pub fn run(config: &Config) -> Result<()> {
         .name("scanner".into())
         .spawn(move || scanner.serve(worker_requests, reports_tx, threads))
         .context("cannot start the scanner thread")?;
-    // The worker's reports join the other inputs.
-    let forward = inputs_tx.clone();
     std::thread::Builder::new()
         .name("reports".into())
         .spawn(move || {
             for report in reports {
-                if forward.send(Input::Report(report)).is_err() {
+                if inputs.send(Input::Report(report)).is_err() {
                     break;
                 }
             }
         })
         .context("cannot start the report thread")?;
-    drop(inputs_tx);
-
-    let settings = Settings {
-        debounce: config.kiosk.debounce(),
-        results_for: config.kiosk.results_for(),
-        scan_timeout: config.kiosk.scan_timeout(),
-        camera_retry_max: config.kiosk.camera_retry_max(),
-        watchdog: sd_notify::watchdog_enabled().map(|w| w / 2),
-        goes_with: config.recommend.as_ref().is_some_and(|r| r.goes_with),
-    };
-    let (mut core, effects) = Core::new(settings, items, Instant::now());
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!("ready: {items} items")),
-    ]);
-    let boot = boot_id();
-    tracing::info!("ready: press to scan (boot {boot})");
-    monitor.set_status("running");
-    monitor.publish();
-
-    let mut io = Io {
-        boot,
-        config,
-        embedder: &embedder,
-        requests,
-        scan_log: &mut scan_log,
-        screens,
-        monitor,
-        store,
-        finished: None,
-    };
-    let mut pending: VecDeque<Event> = VecDeque::new();
-    if let Some(fault) = display_fault {
-        pending.push_back(Event::DisplayFailed(fault));
-    }
-    if let Some(result) = io.perform(effects, &mut pending) {
-        return io.stopped(result);
-    }
-    loop {
-        let now = Instant::now();
-        let mut effects = core.tick(now);
-        while let Some(event) = pending.pop_front() {
-            io.observe(&event);
-            effects.extend(core.on(event, now));
-        }
-        if let Some(result) = io.perform(effects, &mut pending) {
-            let _ = io.screens.show(&core.screen(Instant::now()));
-            return io.stopped(result);
-        }
-        if !pending.is_empty() {
-            continue;
-        }
-        if let Err(e) = io.screens.show(&core.screen(now)) {
-            pending.push_back(Event::DisplayFailed(e));
-            continue;
-        }
-        // The health files after the screen: their syncs never delay what the shopper sees.
-        io.monitor.publish_changes();
-        let wait = core
-            .next_wake(now)
-            .saturating_duration_since(Instant::now());
-        match inputs.recv_timeout(wait) {
-            Ok(Input::Event(event)) => pending.push_back(event),
-            Ok(Input::Report(report)) => pending.push_back(io.receive(report)),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                return io.stopped(Err(anyhow!("every event source has stopped")))
-            }
-        }
-    }
-}
-
-/// The empty scene's calibration, if there is one: a bad one is reported, and the kiosk runs
-/// without it.
-fn load_calibration(config: &Config) -> Option<Calibration> {
-    let path = config.scene.reference.as_ref()?;
-    match Calibration::load(path) {
-        Ok(Some(calibration)) => {
-            tracing::info!("scene: calibrated ({})", path.display());
-            Some(calibration)
-        }
-        Ok(None) => {
-            tracing::warn!(
-                "scene: not calibrated yet ({} missing): run `fashion-kiosk calibrate`",
-                path.display()
-            );
-            None
-        }
-        Err(e) => {
-            tracing::error!("scene: {e:#}");
-            None
-        }
-    }
+    Ok(requests)
 }
 
 /// What the I/O loop holds to perform the core's effects.
@@ -327,12 +273,58 @@ struct Io<'a> {
     /// The health for monitoring, written after each scan and watchdog tick.
     monitor: Monitor,
     /// The store's stock and trends last loaded well.
-    store: StoreData,
+    store: Store,
     /// The last finished scan, until its log line is written.
     finished: Option<Box<ScanReport>>,
 }
 
 impl Io<'_> {
+    /// Feeds the core its events (from `pending`, then `inputs` and the clock) and performs its
+    /// effects, until it stops.
+    fn serve(
+        &mut self,
+        mut core: Core,
+        effects: Vec<Effect>,
+        inputs: &mpsc::Receiver<Input>,
+        mut pending: VecDeque<Event>,
+    ) -> Result<()> {
+        if let Some(result) = self.perform(effects, &mut pending) {
+            return result;
+        }
+        loop {
+            let now = Instant::now();
+            let mut effects = core.tick(now);
+            while let Some(event) = pending.pop_front() {
+                self.observe(&event);
+                effects.extend(core.on(event, now));
+            }
+            if let Some(result) = self.perform(effects, &mut pending) {
+                let _ = self.screens.show(&core.screen(Instant::now()));
+                return result;
+            }
+            if !pending.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.screens.show(&core.screen(now)) {
+                pending.push_back(Event::DisplayFailed(e));
+                continue;
+            }
+            // The health files after the screen: their syncs never delay what the shopper sees.
+            self.monitor.publish_changes();
+            let wait = core
+                .next_wake(now)
+                .saturating_duration_since(Instant::now());
+            match inputs.recv_timeout(wait) {
+                Ok(Input::Event(event)) => pending.push_back(event),
+                Ok(Input::Report(report)) => pending.push_back(self.receive(report)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(anyhow!("every event source has stopped"))
+                }
+            }
+        }
+    }
+
     /// Notes what `event` says of the kiosk's health (written once the screen is up).
     fn observe(&mut self, event: &Event) {
         let monitor = &mut self.monitor;
@@ -386,9 +378,11 @@ impl Io<'_> {
                     Ok(results) => {
                         Outcome::Results(results.iter().map(|r| (r.id.clone(), r.score)).collect())
                     }
-                    Err(ScanFailure::CameraLost(message)) => Outcome::CameraLost(message.clone()),
-                    Err(ScanFailure::BadFrame(message)) => Outcome::BadFrame(message.clone()),
-                    Err(ScanFailure::Model(message)) => Outcome::Failed(message.clone()),
+                    Err(ScanError::CameraLost(message)) => Outcome::CameraLost(message.clone()),
+                    Err(ScanError::BadFrame(message)) => Outcome::BadFrame(message.clone()),
+                    Err(ScanError::Model(message) | ScanError::Other(message)) => {
+                        Outcome::Failed(message.clone())
+                    }
                 };
                 self.finished = Some(report);
                 Event::Scanned(outcome)
@@ -478,7 +472,7 @@ impl Io<'_> {
                     items,
                     fingerprint: table.content_id(),
                 });
-                let recommender = recommender_for(self.config, &table, &mut self.store);
+                let recommender = self.store.recommender_for(self.config, &table);
                 let _ = self
                     .requests
                     .send(Request::SetTable(Arc::new(table), Box::new(recommender)));
@@ -508,103 +502,6 @@ impl Io<'_> {
     }
 }
 
-/// The store's stock and co-scan trends as last loaded well, with the content id of the table
-/// they were read against: a file that fails to load later leaves these in use.
-#[derive(Default)]
-struct StoreData {
-    stock: Option<(String, Arc<Stock>)>,
-    trends: Option<(String, Arc<Trends>)>,
-}
-
-/// Loads `what` from `path` for `table` into `slot`; a failure is logged, and the previous one is
-/// kept when it was read against the same table.
-fn load_into<T>(
-    slot: &mut Option<(String, Arc<T>)>,
-    table: &Table,
-    what: &str,
-    path: &std::path::Path,
-    load: impl FnOnce(&std::path::Path, &Table) -> Result<T>,
-    describe: impl FnOnce(&T) -> String,
-) {
-    let id = table.content_id();
-    match load(path, table) {
-        Ok(loaded) => {
-            tracing::info!("{what}: {}", describe(&loaded));
-            *slot = Some((id, Arc::new(loaded)));
-        }
-        Err(e) => {
-            if slot.as_ref().is_some_and(|(kept, _)| *kept == id) {
-                tracing::error!("{e:#}; keeping the {what} loaded before");
-            } else {
-                tracing::error!("{e:#}; recommending without a {what} file");
-                *slot = None;
-            }
-        }
-    }
-}
-
-/// The garment parser under `[outfit]`, with a warning for each configured category the
-/// catalogue does not have.
-fn load_outfits(settings: &OutfitConfig, table: &Table) -> Result<OutfitScanner> {
-    let scanner = OutfitScanner::load(settings)?;
-    for unknown in scanner.outfits.unknown_categories(table) {
-        tracing::warn!("outfits: the catalogue has no {unknown}");
-    }
-    tracing::info!(
-        "outfits: garment parser {} ({}): a person's garments are looked up one by one",
-        scanner.outfits.parser.manifest().name,
-        scanner.outfits.parser.manifest_path().display()
-    );
-    Ok(scanner)
-}
-
-/// The recommender for `table` under `[recommend]`, with the store's stock and trends (loaded
-/// anew; see [`StoreData`]); `None` without a `[recommend]` section.
-fn recommender_for(config: &Config, table: &Table, store: &mut StoreData) -> Option<Recommender> {
-    let settings = config.recommend.clone()?;
-    if let Some(path) = &settings.stock {
-        load_into(&mut store.stock, table, "stock", path, Stock::load, |s| {
-            if s.unknown_ids > 0 {
-                tracing::warn!(
-                    "stock {}: {} of {} rows name ids the catalogue does not hold",
-                    path.display(),
-                    s.unknown_ids,
-                    s.rows
-                );
-            }
-            format!(
-                "{} ({} rows, {} items out of stock)",
-                path.display(),
-                s.rows,
-                s.out_of_stock()
-            )
-        });
-    }
-    if let Some(path) = &settings.trends {
-        load_into(
-            &mut store.trends,
-            table,
-            "trends",
-            path,
-            Trends::load,
-            |t| {
-                format!(
-                    "{} ({} sessions, {} scans)",
-                    path.display(),
-                    t.sessions,
-                    t.scans
-                )
-            },
-        );
-    }
-    Some(Recommender::new(
-        settings,
-        table,
-        store.stock.as_ref().map(|(_, s)| s.clone()),
-        store.trends.as_ref().map(|(_, t)| t.clone()),
-    ))
-}
-
 /// A run of the service: its start time and process id, so that two runs never share one.
 fn boot_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -620,52 +517,57 @@ struct ScanKey<'a> {
     scan: u64,
 }
 
-/// One line of the scan log.
-#[derive(Serialize)]
-struct ScanRecord<'a> {
-    time: String,
-    /// The run of the service (scan numbers start again at 1 in each).
-    boot: &'a str,
-    scan: u64,
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    /// How the item was found in the frame ("none" when the scan failed before looking).
-    region: &'static str,
-    /// The colour correction applied to what was embedded, and where it came from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    colour: Option<&'a colour::Applied>,
-    results: &'a [LoggedItem<'a>],
-    /// A person's garments, each with its class, box, colour and results.
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    garments: &'a [LoggedGarment<'a>],
-    /// Why an outfit scan looked up the whole frame instead.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<&'a str>,
-    /// Presses that arrived during this scan and were merged into one queued scan.
-    coalesced: u32,
-    latency_ms: &'a ScanLatency,
-}
-
-#[derive(Serialize)]
-struct LoggedItem<'a> {
-    id: &'a str,
-    score: f32,
-    /// Its source and score parts, when `[recommend]` ranked it.
-    #[serde(flatten)]
-    ranked: Option<&'a Ranked>,
-}
-
-#[derive(Serialize)]
-struct LoggedGarment<'a> {
-    class: &'a str,
-    bbox: [u32; 4],
-    share: f32,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    cut_by_edge: bool,
-    colour: &'a str,
-    rgb: [u8; 3],
-    results: Vec<LoggedItem<'a>>,
+/// The scan log's record of a finished scan.
+fn scan_record(key: ScanKey, report: &ScanReport, coalesced: u32) -> ScanRecord {
+    let logged = |items: &[Recommendation]| -> Vec<LoggedItem> {
+        items
+            .iter()
+            .map(|r| LoggedItem {
+                id: r.id.clone(),
+                score: r.score,
+                ranked: r.ranked.clone(),
+            })
+            .collect()
+    };
+    let (outcome, error, results) = match &report.outcome {
+        Ok(results) if results.is_empty() && report.garments.is_empty() => {
+            (record::Outcome::Nothing, None, Vec::new())
+        }
+        Ok(results) => (record::Outcome::Ok, None, logged(results)),
+        Err(error) => (record::Outcome::Error, Some(error.clone()), Vec::new()),
+    };
+    let garments = report
+        .garments
+        .iter()
+        .map(|g| LoggedGarment {
+            class: g.class.clone(),
+            bbox: g.bbox,
+            share: g.share,
+            cut_by_edge: g.cut_by_edge,
+            colour: g.colour.to_string(),
+            rgb: g.rgb,
+            results: logged(&g.results),
+        })
+        .collect();
+    ScanRecord {
+        version: record::VERSION,
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        boot: key.boot.to_string(),
+        scan: key.scan,
+        outcome,
+        error,
+        // A frame like the empty scene was still looked at by the reference.
+        region: report.found.map(|found| match found {
+            FoundBy::Nothing => FoundBy::Reference,
+            found => found,
+        }),
+        colour: report.colour.clone(),
+        results,
+        garments,
+        note: report.note.clone(),
+        coalesced,
+        latency_ms: report.latency.clone(),
+    }
 }
 
 /// Logs a finished scan to the scan log, synced, then to the journal (so that a scan the journal
@@ -677,83 +579,19 @@ fn log_scan(
     mut report: ScanReport,
     coalesced: u32,
 ) {
-    let scan = key.scan;
     report.latency.total = ms(report.pressed, Instant::now());
-    let (outcome, error, results): (_, _, Vec<LoggedItem>) = match &report.outcome {
-        Ok(results) => {
-            let results: Vec<LoggedItem> = results
-                .iter()
-                .map(|r| LoggedItem {
-                    id: &r.id,
-                    score: r.score,
-                    ranked: r.ranked.as_ref(),
-                })
-                .collect();
-            let outcome = if results.is_empty() && report.garments.is_empty() {
-                "nothing"
-            } else {
-                "ok"
-            };
-            (outcome, None, results)
-        }
-        Err(
-            ScanFailure::CameraLost(message)
-            | ScanFailure::BadFrame(message)
-            | ScanFailure::Model(message),
-        ) => ("error", Some(message.clone()), Vec::new()),
-    };
-    let garments: Vec<LoggedGarment> = report
-        .garments
-        .iter()
-        .map(|g| LoggedGarment {
-            class: &g.class,
-            bbox: g.bbox,
-            share: g.share,
-            cut_by_edge: g.cut_by_edge,
-            colour: g.colour,
-            rgb: g.rgb,
-            results: g
-                .results
-                .iter()
-                .map(|r| LoggedItem {
-                    id: &r.id,
-                    score: r.score,
-                    ranked: r.ranked.as_ref(),
-                })
-                .collect(),
-        })
-        .collect();
+    let record = scan_record(key, &report, coalesced);
     if let Some(log) = scan_log {
-        // A frame like the empty scene was still looked at by the reference.
-        let region = match report.found {
-            Some(FoundBy::Nothing) => FoundBy::Reference.name(),
-            Some(found) => found.name(),
-            None => "none",
-        };
-        let record = ScanRecord {
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            boot: key.boot,
-            scan,
-            outcome,
-            error: error.clone(),
-            region,
-            colour: report.colour.as_ref(),
-            results: &results,
-            garments: &garments,
-            note: report.note.as_deref(),
-            coalesced,
-            latency_ms: &report.latency,
-        };
         if let Err(e) = log.append(&record) {
-            tracing::error!("scan {scan} not logged: {e:#}");
+            tracing::error!("scan {} not logged: {e:#}", record.scan);
         }
     }
-    let latency = &report.latency;
+    let latency = &record.latency_ms;
     monitor.record_scan(
-        match outcome {
-            "ok" => ScanOutcome::Ok,
-            "nothing" => ScanOutcome::Nothing,
-            _ => ScanOutcome::Error,
+        match record.outcome {
+            record::Outcome::Ok => ScanOutcome::Ok,
+            record::Outcome::Nothing => ScanOutcome::Nothing,
+            record::Outcome::Error => ScanOutcome::Error,
         },
         &[
             ("capture", latency.capture / 1000.0),
@@ -765,12 +603,18 @@ fn log_scan(
             ("total", latency.total / 1000.0),
         ],
     );
-    if let Some(note) = &report.note {
+    journal_scan(&record);
+}
+
+/// The scan's lines in the journal: its note, each garment, and how it ended.
+fn journal_scan(record: &ScanRecord) {
+    let scan = record.scan;
+    if let Some(note) = &record.note {
         tracing::info!("scan {scan}: {note}");
     }
-    for g in &garments {
+    for g in &record.garments {
         let [x, y, w, h] = g.bbox;
-        let ids: Vec<&str> = g.results.iter().map(|r| r.id).collect();
+        let ids: Vec<&str> = g.results.iter().map(|r| r.id.as_str()).collect();
         tracing::info!(
             "scan {scan}: {} ({}) at {w}x{h}+{x}+{y}{}: {}",
             g.class,
@@ -783,20 +627,21 @@ fn log_scan(
             ids.join(" ")
         );
     }
-    match (results.first(), error) {
-        (None, None) if !garments.is_empty() => tracing::info!(
-            "scan {scan}: an outfit of {} garments in {:.0} ms",
-            garments.len(),
-            report.latency.total
-        ),
-        (Some(best), _) => tracing::info!(
-            "scan {scan}: {} ({:.3}) … in {:.0} ms",
-            best.id,
-            best.score,
-            report.latency.total
+    let total = record.latency_ms.total;
+    match (record.results.first(), &record.error) {
+        (_, Some(error)) => tracing::warn!("scan {scan} failed: {}", error.message()),
+        (Some(best), None) => {
+            tracing::info!(
+                "scan {scan}: {} ({:.3}) … in {total:.0} ms",
+                best.id,
+                best.score
+            )
+        }
+        (None, None) if !record.garments.is_empty() => tracing::info!(
+            "scan {scan}: an outfit of {} garments in {total:.0} ms",
+            record.garments.len()
         ),
         (None, None) => tracing::info!("scan {scan}: nothing in front of the camera"),
-        (None, Some(message)) => tracing::warn!("scan {scan} failed: {message}"),
     }
 }
 

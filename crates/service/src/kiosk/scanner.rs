@@ -13,14 +13,15 @@ use super::core::Calibrated;
 use crate::device::camera::{self, CaptureError};
 use crate::device::{self, Camera};
 use kiosk_pipeline::config::{CameraConfig, SceneConfig};
-use kiosk_pipeline::outfit::{GarmentResult, OutfitScanner};
-use kiosk_pipeline::query::{self, ms, FoundBy, Recommendation};
+use kiosk_pipeline::outfit::GarmentResult;
+use kiosk_pipeline::pipeline::Pipeline;
+use kiosk_pipeline::query::{ms, FoundBy, Recommendation};
 use kiosk_pipeline::recommend::Recommender;
+use kiosk_pipeline::record::{ScanError, ScanLatency};
 use kiosk_table::catalogue::Table;
 use kiosk_vision::calibration::{Calibration, ControlSetting};
-use kiosk_vision::colour::{self, Correction};
-use kiosk_vision::model::{self, Session};
-use serde::Serialize;
+use kiosk_vision::colour;
+use kiosk_vision::model;
 
 /// What the worker is asked to do.
 pub enum Request {
@@ -56,7 +57,7 @@ pub struct ScanReport {
     pub pressed: Instant,
     /// How the item was found; `None` when the scan failed before looking.
     pub found: Option<FoundBy>,
-    pub outcome: Result<Vec<Recommendation>, ScanFailure>,
+    pub outcome: Result<Vec<Recommendation>, ScanError>,
     /// The colour correction applied, when the frame was looked at.
     pub colour: Option<colour::Applied>,
     /// A person's garments, each with its results (then `outcome` holds no items).
@@ -67,52 +68,13 @@ pub struct ScanReport {
     pub latency: ScanLatency,
 }
 
-/// Milliseconds per stage of one scan, press to its logged outcome (its screen follows at once).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ScanLatency {
-    /// Press to scan start (non-zero for a queued scan).
-    pub wait: f64,
-    pub capture: f64,
-    /// Parsing the frame into garments (with `[outfit]`).
-    pub parse: f64,
-    /// Finding the item against the empty scene.
-    pub foreground: f64,
-    pub preprocess: f64,
-    pub embed: f64,
-    pub search: f64,
-    /// Re-ranking the visual candidates into recommendations.
-    pub rank: f64,
-    /// Press to the scan's log line, synced (its screen is shown next).
-    pub total: f64,
-}
-
-/// Why a scan failed.
-#[derive(Debug, Clone)]
-pub enum ScanFailure {
-    /// The camera is gone: it is reopened later.
-    CameraLost(String),
-    /// Only bad frames came.
-    BadFrame(String),
-    Model(String),
-}
-
 /// The scanning side, on its own thread.
 pub struct Scanner {
     pub camera_config: CameraConfig,
     pub camera: Option<Box<dyn Camera>>,
-    pub session: Session,
-    pub table: Arc<Table>,
-    /// The rules that make the visual look-alikes recommendations (`[recommend]`).
-    pub recommender: Option<Recommender>,
-    /// The last scan's best match, for "goes with".
-    pub last_match: Option<usize>,
-    /// The garment parser, with `[outfit]` (a person's garments are looked up one by one).
-    pub outfit: Option<OutfitScanner>,
-    pub top: usize,
+    /// Frame in, recommendations out (the calibration in use is the pipeline's).
+    pub pipeline: Pipeline,
     pub scene: SceneConfig,
-    pub calibration: Option<Calibration>,
-    /// The colour correction of the calibration under the config.
-    pub colour: Correction,
     /// The empty scene's frames and the controls locked for them, while the card is awaited.
     pub pending: Option<(Vec<RgbImage>, Vec<ControlSetting>)>,
 }
@@ -128,12 +90,10 @@ impl Scanner {
                         Report::CameraProbed(self.ensure_camera().map(|camera| camera.describe()))
                     }
                     Request::SetTable(table, recommender) => {
-                        self.table = table;
-                        self.recommender = *recommender;
-                        self.last_match = None;
+                        self.pipeline.set_catalogue(table, *recommender);
                         continue;
                     }
-                    Request::GoesWith => Report::WentWith(self.goes_with()),
+                    Request::GoesWith => Report::WentWith(self.pipeline.goes_with()),
                     Request::CalibrateEmptyScene => match self.calibrate_empty_scene() {
                         Ok(None) => Report::EmptySceneTaken,
                         Ok(Some(done)) => Report::Calibrated(Ok(done)),
@@ -156,8 +116,8 @@ impl Scanner {
                 device::open_camera(&self.camera_config).map_err(|e| format!("{e:#}"))?;
             tracing::info!("camera ready: {}", camera.describe());
             let controls = self
-                .calibration
-                .as_ref()
+                .pipeline
+                .calibration()
                 .map_or(&[][..], |c| &c.controls[..]);
             if !controls.is_empty() {
                 match camera.set_controls(controls) {
@@ -173,14 +133,14 @@ impl Scanner {
     }
 
     /// A frame, a bad one taken again; a lost camera is dropped, to be reopened later.
-    fn capture(&mut self) -> Result<RgbImage, ScanFailure> {
-        let camera = self.ensure_camera().map_err(ScanFailure::CameraLost)?;
+    fn capture(&mut self) -> Result<RgbImage, ScanError> {
+        let camera = self.ensure_camera().map_err(ScanError::CameraLost)?;
         match camera::capture_retrying(camera.as_mut()) {
             Ok(frame) => Ok(frame),
-            Err(CaptureError::BadFrame(e)) => Err(ScanFailure::BadFrame(format!("{e:#}"))),
+            Err(CaptureError::BadFrame(e)) => Err(ScanError::BadFrame(format!("{e:#}"))),
             Err(CaptureError::Device(e)) => {
                 self.camera = None;
-                Err(ScanFailure::CameraLost(format!("{e:#}")))
+                Err(ScanError::CameraLost(format!("{e:#}")))
             }
         }
     }
@@ -208,69 +168,24 @@ impl Scanner {
                 return report;
             }
         };
-        let options = query::Options {
-            reference: self.calibration.as_ref().map(|c| &c.scene),
-            colour: &self.colour,
-            region: self.scene.region,
-            flip: false,
-            crops: false,
-        };
-        let candidates = self
-            .recommender
-            .as_ref()
-            .map_or(self.top, |r| r.candidates().max(self.top));
-        self.last_match = None;
-        let looked_up = match self.outfit.as_mut() {
-            Some(outfit) => {
-                outfit.query(&mut self.session, &self.table, &frame, options, candidates)
-            }
-            None => query::query_image(&mut self.session, &self.table, &frame, options, candidates),
-        };
-        match looked_up {
-            Ok(mut result) => {
-                self.last_match = result.results.first().map(|r| r.index);
-                for garment in &mut result.garments {
-                    garment.results.truncate(self.top);
-                }
-                match &self.recommender {
-                    Some(recommender) if !result.results.is_empty() => {
-                        report.latency.rank =
-                            query::recommend(&self.table, recommender, &mut result, self.top);
-                    }
-                    _ => result.results.truncate(self.top),
-                }
+        match self.pipeline.look_up(&frame) {
+            Ok(result) => {
                 let stages = &result.latency_ms;
                 report.latency.parse = stages.parse;
                 report.latency.foreground = stages.foreground;
                 report.latency.preprocess = stages.preprocess;
                 report.latency.embed = stages.embed;
                 report.latency.search = stages.search;
+                report.latency.rank = stages.rank;
                 report.found = Some(result.region);
                 report.colour = Some(result.colour);
                 report.garments = result.garments;
                 report.note = result.note;
                 report.outcome = Ok(result.results);
             }
-            Err(e) => report.outcome = Err(ScanFailure::Model(format!("{e:#}"))),
+            Err(e) => report.outcome = Err(ScanError::Model(format!("{e:#}"))),
         }
         report
-    }
-
-    /// What goes with the last scan's best match: (id, its subCategory).
-    fn goes_with(&self) -> Vec<(String, String)> {
-        let (Some(recommender), Some(anchor)) = (&self.recommender, self.last_match) else {
-            return Vec::new();
-        };
-        let category = self.table.column("subCategory");
-        recommender
-            .goes_with(&self.table, anchor, self.top)
-            .into_iter()
-            .map(|r| {
-                let item = self.table.item(r.index);
-                let label = category.and_then(|c| item.metadata(c)).unwrap_or_default();
-                (item.id.to_string(), label.to_string())
-            })
-            .collect()
     }
 
     /// Locks the camera's controls and captures the empty scene. With a card to come, keeps them
@@ -330,8 +245,7 @@ impl Scanner {
             None => path.display().to_string(),
         };
         let with_card = calibration.card.is_some();
-        self.colour = calibration.correction(&settings);
-        self.calibration = Some(calibration);
+        self.pipeline.set_calibration(calibration);
         Ok(Calibrated { summary, with_card })
     }
 
@@ -340,8 +254,8 @@ impl Scanner {
     fn calibration_refused(&mut self, reason: String) -> String {
         self.pending = None;
         let previous = self
-            .calibration
-            .as_ref()
+            .pipeline
+            .calibration()
             .map(|c| c.controls.clone())
             .unwrap_or_default();
         if let Some(camera) = self.camera.as_mut() {
