@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Synthetic part files for timing `fashion-kiosk merge` at scale, written by pyarrow (so they
 also show that a part made by another tool merges): N items of random unit vectors over P parts,
-with the key-value metadata `index --shard` writes (README, *Large catalogues*). Seeded.
+with the key-value metadata `index --shard` writes (docs/large-catalogues.md). Seeded.
 
     python3 benches/synthetic_parts.py --items 100000 --parts 10 --out DIR --fingerprint HEX64
     /usr/bin/time -v fashion-kiosk merge DIR/part-*.parquet --out DIR/table.fkt

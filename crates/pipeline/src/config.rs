@@ -376,7 +376,7 @@ impl Default for RecommendConfig {
     }
 }
 
-/// Items of one articleType this alike are variants of one style (see the README's measurement).
+/// Items of one articleType this alike are variants of one style (measured in docs/recommendations.md).
 pub const DEFAULT_VARIANTS: f32 = 0.95;
 
 impl RecommendConfig {
