@@ -2,7 +2,7 @@
 # Checks a built fashion-kiosk .deb: control fields, contents, conffiles, the binary's
 # architecture, the model's checksum, the unit (systemd-analyze verify against the package's
 # files), what the maintainer scripts do (run with recording stubs), and lintian.
-#   tests/deb/check.sh target/debian/fashion-kiosk_0.1.0_arm64.deb
+#   tests/deb/check.sh target/debian/fashion-kiosk_0.1.0_arm64.deb    (also armhf, amd64)
 set -euo pipefail
 deb=$(realpath "$1")
 work=$(mktemp -d)
@@ -13,6 +13,7 @@ arch=$(dpkg-deb -f "$deb" Architecture)
 case "$arch" in
     arm64) machine=AArch64 ;;
     armhf) machine=ARM ;;
+    amd64) machine=X86-64 ;;
     *) fail "unexpected architecture $arch" ;;
 esac
 [ "$(dpkg-deb -f "$deb" Package)" = fashion-kiosk ] || fail "package name"
@@ -33,7 +34,11 @@ for path in ./usr/bin/fashion-kiosk ./lib/systemd/system/fashion-kiosk.service \
     ./usr/share/doc/fashion-kiosk/copyright ./usr/share/doc/fashion-kiosk/README.md; do
     grep -q " $path\$" "$work/contents" || fail "missing $path"
 done
-grep -q '^-rwxr-xr-x root/root .* ./usr/bin/fashion-kiosk$' "$work/contents" || fail "binary mode/owner"
+# Every program a unit runs (and the ones `fashion-kiosk` forwards to) is in the package.
+programs="fashion-kiosk fashion-kiosk-build fashion-kiosk-uplink"
+for program in $programs; do
+    grep -q "^-rwxr-xr-x root/root .* ./usr/bin/$program\$" "$work/contents" || fail "/usr/bin/$program missing, or not 0755 root"
+done
 images=$(grep -c ' ./usr/share/fashion-kiosk/demo/catalogue/.*\.jpg$' "$work/contents")
 [ "$images" = 300 ] || fail "$images demo catalogue images, expected 300"
 echo "contents: $(wc -l < "$work/contents") entries, $images demo images"
@@ -44,14 +49,20 @@ for script in postinst prerm postrm; do sh -n "$work/$script" || fail "$script s
 
 root=$work/root
 dpkg-deb -x "$deb" "$root"
-readelf -h "$root/usr/bin/fashion-kiosk" | grep -q "Machine:.*$machine" || fail "binary is not $machine"
+for program in $programs; do
+    readelf -h "$root/usr/bin/$program" | grep -q "Machine:.*$machine" || fail "$program is not $machine"
+done
+for unit in fashion-kiosk fashion-kiosk-uplink; do
+    exec_start=$(sed -n 's/^ExecStart=-\{0,1\}\([^ ]*\).*/\1/p' "$root/lib/systemd/system/$unit.service")
+    [ -x "$root$exec_start" ] || fail "$unit.service runs $exec_start, which the package does not hold"
+done
 for model in fashion-resnet50-int8 fashion-resnet50-int8-emulated garment-parser; do
     # The model's own sha256 is the manifest's first (a twin's comes later).
     manifest_sha=$(sed -n 's/.*"sha256": *"\([0-9a-f]*\)".*/\1/p' "$root/usr/share/fashion-kiosk/models/$model.manifest.json" | head -1)
     [ "$(sha256sum < "$root/usr/share/fashion-kiosk/models/$model.onnx" | cut -d' ' -f1)" = "$manifest_sha" ] \
         || fail "$model does not match its manifest's sha256"
 done
-echo "binary: $machine, $(stat -c %s "$root/usr/bin/fashion-kiosk") bytes; the models match their manifests"
+echo "binaries: $machine, $(for p in $programs; do printf '%s %s bytes; ' "$p" "$(stat -c %s "$root/usr/bin/$p")"; done)the models match their manifests"
 
 # The unit against the package's own files (and the host's systemd units for the targets).
 mkdir -p "$root/bin" "$root/etc/systemd/system"
