@@ -117,6 +117,43 @@ fn rust_embeddings_match_onnxruntime_and_agree_on_neighbours() {
         "models/fashion-resnet50-int8.manifest.json",
         &fixture.images,
     );
+    assert_eq!(
+        int8_model.fingerprint().to_string(),
+        fixture.int8_sha,
+        "fixtures are from another int8 model"
+    );
+    for (i, name) in fixture.images.iter().enumerate() {
+        let vs_int8 = dot(&int8[i], &fixture.int8[i]);
+        let vs_fp32 = dot(&int8[i], &fixture.fp32[i]);
+        println!("{name}: int8/int8 {vs_int8:.5}  int8/fp32 {vs_fp32:.5}");
+        // The instance head's f32 products magnify the small requantisation differences between
+        // tract and onnxruntime (0.999+ on the backbone's output alone); the neighbour checks
+        // below hold the ranking to account.
+        assert!(
+            vs_int8 >= 0.998,
+            "{name}: Rust int8 vs onnxruntime int8 cosine {vs_int8}"
+        );
+        assert!(
+            vs_fp32 >= 0.98,
+            "{name}: Rust int8 vs onnxruntime fp32 cosine {vs_fp32}"
+        );
+    }
+    let reference = nearest_neighbours(&fixture.fp32);
+    assert_eq!(
+        nearest_neighbours(&fixture.int8),
+        reference,
+        "onnxruntime int8 vs fp32 neighbours"
+    );
+    assert_eq!(nearest_neighbours(&int8), reference, "Rust int8 neighbours");
+
+    // Under an emulator (CI's aarch64 run) the int8 model only: the tract patch's ARM code (SDOT
+    // panels, FRINTN rounding, TBL look-up tables, LD2 pooling) is on its path, and each f32
+    // network costs ~5 minutes there. The fp32 network and the twin run tract's f32 kernels and
+    // the patch's portable code, checked here on x86 (and on a Pi, where no emulator is set).
+    if std::env::var_os("FASHION_KIOSK_TEST_RUNNER").is_some() {
+        println!("under an emulator: the fp32 network and the twin are left to the native run");
+        return;
+    }
     let (fp32_model, fp32) = embed_all(
         "models/fashion-resnet50-fp32.manifest.json",
         &fixture.images,
@@ -124,11 +161,6 @@ fn rust_embeddings_match_onnxruntime_and_agree_on_neighbours() {
     let (emulated_model, emulated) = embed_all(
         "models/fashion-resnet50-int8-emulated.manifest.json",
         &fixture.images,
-    );
-    assert_eq!(
-        int8_model.fingerprint().to_string(),
-        fixture.int8_sha,
-        "fixtures are from another int8 model"
     );
     assert_eq!(
         emulated_model.fingerprint().to_string(),
@@ -140,16 +172,12 @@ fn rust_embeddings_match_onnxruntime_and_agree_on_neighbours() {
         fixture.fp32_sha,
         "fixtures are from another fp32 model"
     );
-
     for (i, name) in fixture.images.iter().enumerate() {
-        let vs_int8 = dot(&int8[i], &fixture.int8[i]);
-        let vs_fp32 = dot(&int8[i], &fixture.fp32[i]);
         let fp32_vs_fp32 = dot(&fp32[i], &fixture.fp32[i]);
         let twin_vs_twin = dot(&emulated[i], &fixture.emulated[i]);
         let twin_vs_int8 = dot(&emulated[i], &int8[i]);
         println!(
-            "{name}: int8/int8 {vs_int8:.5}  int8/fp32 {vs_fp32:.5}  fp32/fp32 {fp32_vs_fp32:.5}  \
-             twin/twin {twin_vs_twin:.6}  twin/Rust int8 {twin_vs_int8:.6}"
+            "{name}: fp32/fp32 {fp32_vs_fp32:.5}  twin/twin {twin_vs_twin:.6}  twin/Rust int8 {twin_vs_int8:.6}"
         );
         // The twin is the int8 network in fp32: tract's int8 embedding, up to the rare value that
         // fp32 sums and tract's fixed-point rescaling round to neighbouring steps of the grid.
@@ -162,31 +190,12 @@ fn rust_embeddings_match_onnxruntime_and_agree_on_neighbours() {
             twin_vs_int8 >= TWIN_VS_INT8,
             "{name}: Rust twin vs Rust int8 cosine {twin_vs_int8}"
         );
-        // The instance head's f32 products magnify the small requantisation differences between
-        // tract and onnxruntime (0.999+ on the backbone's output alone); the neighbour checks
-        // below hold the ranking to account.
-        assert!(
-            vs_int8 >= 0.998,
-            "{name}: Rust int8 vs onnxruntime int8 cosine {vs_int8}"
-        );
-        assert!(
-            vs_fp32 >= 0.98,
-            "{name}: Rust int8 vs onnxruntime fp32 cosine {vs_fp32}"
-        );
         // Not a goal of its own, but a drift here would point at preprocessing rather than int8.
         assert!(
             fp32_vs_fp32 >= 0.999,
             "{name}: Rust fp32 vs onnxruntime fp32 cosine {fp32_vs_fp32}"
         );
     }
-
-    let reference = nearest_neighbours(&fixture.fp32);
-    assert_eq!(
-        nearest_neighbours(&fixture.int8),
-        reference,
-        "onnxruntime int8 vs fp32 neighbours"
-    );
-    assert_eq!(nearest_neighbours(&int8), reference, "Rust int8 neighbours");
     assert_eq!(nearest_neighbours(&fp32), reference, "Rust fp32 neighbours");
     assert_eq!(
         nearest_neighbours(&emulated),
