@@ -774,7 +774,8 @@ struct SeenScan {
     time: SystemTime,
     key: String,
     outcome: Outcome,
-    total_ms: f64,
+    /// Press to log line; none for a line without latencies (never 0 for a real scan).
+    total_ms: Option<f64>,
 }
 
 impl StatsWindow {
@@ -790,7 +791,7 @@ impl StatsWindow {
             time,
             key: key.to_string(),
             outcome: record.outcome,
-            total_ms: record.latency_ms.total,
+            total_ms: Some(record.latency_ms.total).filter(|&total| total > 0.0),
         });
     }
 
@@ -814,7 +815,7 @@ impl StatsWindow {
         });
         let in_window: Vec<&SeenScan> = self.scans.iter().filter(|s| s.time <= now).collect();
         let count = |outcome: Outcome| in_window.iter().filter(|s| s.outcome == outcome).count();
-        let mut latencies: Vec<f64> = in_window.iter().map(|s| s.total_ms).collect();
+        let mut latencies: Vec<f64> = in_window.iter().filter_map(|s| s.total_ms).collect();
         latencies.sort_by(f64::total_cmp);
         let percentile = |p: f64| -> Option<f64> {
             (!latencies.is_empty()).then(|| {
