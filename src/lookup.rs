@@ -338,35 +338,38 @@ fn query_as_kiosk(path: &Path, args: &QueryArgs) -> Result<()> {
     let mut pipeline =
         Pipeline::assemble(&config, embedder.session()?, table, &mut Store::default());
     let images = match (&args.image, &args.images) {
-        (Some(image), _) => vec![image.clone()],
-        (None, Some(dir)) => preprocess::list_images(dir, "image folder")?
-            .images
-            .into_iter()
-            .map(|(path, _)| path)
-            .collect(),
+        (Some(image), _) => {
+            let name = image
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            vec![(image.clone(), name.to_string())]
+        }
+        (None, Some(dir)) => preprocess::list_images(dir, "image folder")?.images,
         (None, None) => bail!("give --image or --images"),
     };
     let threads = args.threads.unwrap_or_else(|| config.model.thread_count());
     tract_linalg::multithread::multithread_tract_scope(model::executor(threads), || {
-        for image in &images {
+        for (image, name) in &images {
             let frame = preprocess::decode_file(image)?;
             let result = pipeline.look_up(&frame)?;
             if args.json {
-                let mut line = serde_json::to_value(&result)?;
-                let name = image
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                line.as_object_mut()
-                    .expect("a result is an object")
-                    .insert("image".into(), name.into());
-                println!("{line}");
+                println!("{}", result_line(&result, name)?);
             } else {
                 print_results(image, &result);
             }
         }
         Ok(())
     })
+}
+
+/// A look-up as a JSON line, with the file name of its image.
+fn result_line(result: &query::QueryResult, image: &str) -> Result<serde_json::Value> {
+    let mut line = serde_json::to_value(result)?;
+    line.as_object_mut()
+        .expect("a result is an object")
+        .insert("image".into(), image.into());
+    Ok(line)
 }
 
 /// `foreground`: each frame's cut-out as a PNG (colour-corrected as a scan corrects it), one
@@ -418,10 +421,7 @@ pub fn query_folder(
         show_progress,
         |path, name, result, progress| {
             if args.json {
-                let mut line = serde_json::to_value(result)?;
-                line.as_object_mut()
-                    .expect("a result is an object")
-                    .insert("image".into(), name.into());
+                let line = result_line(result, name)?;
                 progress.suspend(|| println!("{line}"));
             } else {
                 progress.suspend(|| print_results(path, result));

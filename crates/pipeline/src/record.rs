@@ -65,17 +65,6 @@ pub enum Outcome {
     Error,
 }
 
-impl Outcome {
-    /// The name in the log and the metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Nothing => "nothing",
-            Outcome::Error => "error",
-        }
-    }
-}
-
 /// Why a scan failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "message", rename_all = "snake_case")]
@@ -196,15 +185,6 @@ impl ScanRecord {
     pub fn parse(line: &str) -> serde_json::Result<Self> {
         serde_json::from_str(line)
     }
-
-    /// The item ids a shopper was shown, in order: the scan's results, else (an outfit) each
-    /// garment's.
-    pub fn shown_ids(&self) -> impl Iterator<Item = &str> {
-        self.results
-            .iter()
-            .chain(self.garments.iter().flat_map(|g| g.results.iter()))
-            .map(|item| item.id.as_str())
-    }
 }
 
 #[cfg(test)]
@@ -233,7 +213,7 @@ mod tests {
         );
         assert_eq!(records[1].region, None);
         assert_eq!(records[2].garments[0].results[0].ranked, None);
-        assert_eq!(records[2].shown_ids().collect::<Vec<_>>(), ["1002"]);
+        assert_eq!(records[2].garments[0].results[0].id, "1002");
     }
 
     #[test]
