@@ -63,38 +63,8 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
         }
         parts.push(part);
     }
+    check_one_build(&parts, job.parts)?;
     let first = &parts[0];
-    for (part, path) in parts.iter().zip(job.parts).skip(1) {
-        let differs = if part.fingerprint != first.fingerprint {
-            Some(format!(
-                "was made by model {}, {} by {}",
-                part.fingerprint.short(),
-                job.parts[0].display(),
-                first.fingerprint.short()
-            ))
-        } else if part.dim != first.dim || part.columns != first.columns {
-            Some(format!(
-                "has {}-d vectors and label columns {:?}, {} has {} and {:?}",
-                part.dim,
-                part.columns,
-                job.parts[0].display(),
-                first.dim,
-                first.columns
-            ))
-        } else if part.shard.count != first.shard.count {
-            Some(format!(
-                "is shard {} but {} is shard {}",
-                part.shard,
-                job.parts[0].display(),
-                first.shard
-            ))
-        } else {
-            None
-        };
-        if let Some(differs) = differs {
-            bail!("part {} {differs}: not one build", path.display());
-        }
-    }
     check_shards(&parts, job.parts)?;
     // (part, row) of every item, in the folder listing's order.
     let mut order: Vec<(usize, usize)> = parts
@@ -112,21 +82,8 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
     );
     let skipped: Vec<Skipped> = parts.iter().flat_map(|p| p.skipped.clone()).collect();
     if !job.allow_shrink {
-        if let Ok(existing) = Table::load(job.out) {
-            let kept: HashSet<&str> = order.iter().map(|&at| item(at).id.as_str()).collect();
-            Shrink {
-                old_items: existing.len(),
-                lost: existing
-                    .items()
-                    .iter()
-                    .filter(|item| !kept.contains(item.id))
-                    .map(|item| item.id.to_string())
-                    .collect(),
-                unreadable: skipped.len(),
-                images: order.len() + skipped.len(),
-            }
-            .check(job.out, "the parts")?;
-        }
+        let kept: HashSet<&str> = order.iter().map(|&at| item(at).id.as_str()).collect();
+        check_shrink(job.out, &kept, skipped.len())?;
     }
     let (fingerprint, dim, columns) = (first.fingerprint, first.dim, first.columns.clone());
     let mut builder = if job.element == Element::I8 {
@@ -153,6 +110,63 @@ pub fn merge(job: &MergeJob) -> Result<MergeReport> {
     builder.approximate_from(job.approximate_from);
     builder.write(job.out, job.element)?;
     Ok(report)
+}
+
+/// The parts are of one build: one model, one vector size and label columns, one shard count.
+fn check_one_build(parts: &[Part], paths: &[PathBuf]) -> Result<()> {
+    let first = &parts[0];
+    for (part, path) in parts.iter().zip(paths).skip(1) {
+        let differs = if part.fingerprint != first.fingerprint {
+            Some(format!(
+                "was made by model {}, {} by {}",
+                part.fingerprint.short(),
+                paths[0].display(),
+                first.fingerprint.short()
+            ))
+        } else if part.dim != first.dim || part.columns != first.columns {
+            Some(format!(
+                "has {}-d vectors and label columns {:?}, {} has {} and {:?}",
+                part.dim,
+                part.columns,
+                paths[0].display(),
+                first.dim,
+                first.columns
+            ))
+        } else if part.shard.count != first.shard.count {
+            Some(format!(
+                "is shard {} but {} is shard {}",
+                part.shard,
+                paths[0].display(),
+                first.shard
+            ))
+        } else {
+            None
+        };
+        if let Some(differs) = differs {
+            bail!("part {} {differs}: not one build", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// A table already at `out` keeps its items unless asked: the merged one, holding `kept` (and
+/// with `unreadable` images skipped), must not drop too many of them.
+fn check_shrink(out: &Path, kept: &HashSet<&str>, unreadable: usize) -> Result<()> {
+    let Ok(existing) = Table::load(out) else {
+        return Ok(());
+    };
+    Shrink {
+        old_items: existing.len(),
+        lost: existing
+            .items()
+            .iter()
+            .filter(|item| !kept.contains(item.id))
+            .map(|item| item.id.to_string())
+            .collect(),
+        unreadable,
+        images: kept.len() + unreadable,
+    }
+    .check(out, "the parts")
 }
 
 /// Every shard of the build once.

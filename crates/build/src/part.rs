@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context, Result};
 use parquet::basic::{Compression, LogicalType, Repetition, Type as PhysicalType};
-use parquet::column::reader::ColumnReader;
+use parquet::column::reader::{ColumnReader, ColumnReaderImpl};
 use parquet::data_type::{ByteArray, ByteArrayType, FloatType};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -80,70 +80,8 @@ impl Part {
                 "the label column {column:?} has the name of one of the part's own columns"
             );
         }
-        let string = |name: &str| -> Result<Arc<Type>> {
-            Ok(Arc::new(
-                Type::primitive_type_builder(name, PhysicalType::BYTE_ARRAY)
-                    .with_repetition(Repetition::REQUIRED)
-                    .with_logical_type(Some(LogicalType::String))
-                    .build()?,
-            ))
-        };
-        let mut fields = Vec::new();
-        for name in ITEM_COLUMNS
-            .iter()
-            .copied()
-            .chain(self.columns.iter().map(String::as_str))
-        {
-            fields.push(string(name)?);
-        }
-        let element = Type::primitive_type_builder("element", PhysicalType::FLOAT)
-            .with_repetition(Repetition::REQUIRED)
-            .build()?;
-        let list = Type::group_type_builder("list")
-            .with_repetition(Repetition::REPEATED)
-            .with_fields(vec![Arc::new(element)])
-            .build()?;
-        fields.push(Arc::new(
-            Type::group_type_builder(VECTOR_COLUMN)
-                .with_repetition(Repetition::REQUIRED)
-                .with_logical_type(Some(LogicalType::List))
-                .with_fields(vec![Arc::new(list)])
-                .build()?,
-        ));
-        let schema = Arc::new(
-            Type::group_type_builder("fashion_kiosk_part")
-                .with_fields(fields)
-                .build()?,
-        );
-        let vector_path = ColumnPath::from(vec![
-            VECTOR_COLUMN.to_string(),
-            "list".to_string(),
-            "element".to_string(),
-        ]);
-        let metadata = [
-            ("fashion_kiosk.part", PART_VERSION.to_string()),
-            ("fashion_kiosk.fingerprint", self.fingerprint.to_string()),
-            ("fashion_kiosk.dim", self.dim.to_string()),
-            ("fashion_kiosk.shard", self.shard.to_string()),
-            (
-                "fashion_kiosk.columns",
-                serde_json::to_string(&self.columns)?,
-            ),
-            (
-                "fashion_kiosk.skipped",
-                serde_json::to_string(&self.skipped)?,
-            ),
-        ]
-        .into_iter()
-        .map(|(key, value)| KeyValue::new(key.to_string(), value))
-        .collect();
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .set_column_dictionary_enabled(vector_path.clone(), false)
-            .set_column_statistics_enabled(vector_path, EnabledStatistics::None)
-            .set_key_value_metadata(Some(metadata))
-            .build();
-        let mut writer = SerializedFileWriter::new(Vec::new(), schema, Arc::new(properties))?;
+        let mut writer =
+            SerializedFileWriter::new(Vec::new(), self.schema()?, Arc::new(self.properties()?))?;
         let groups = self
             .items
             .chunks(ROWS_PER_GROUP)
@@ -187,6 +125,78 @@ impl Part {
         Ok(writer.into_inner()?)
     }
 
+    /// The Parquet schema: a required string per item and label column, then the vector as a
+    /// list of floats.
+    fn schema(&self) -> Result<Arc<Type>> {
+        let string = |name: &str| -> Result<Arc<Type>> {
+            Ok(Arc::new(
+                Type::primitive_type_builder(name, PhysicalType::BYTE_ARRAY)
+                    .with_repetition(Repetition::REQUIRED)
+                    .with_logical_type(Some(LogicalType::String))
+                    .build()?,
+            ))
+        };
+        let mut fields = Vec::new();
+        for name in ITEM_COLUMNS
+            .iter()
+            .copied()
+            .chain(self.columns.iter().map(String::as_str))
+        {
+            fields.push(string(name)?);
+        }
+        let element = Type::primitive_type_builder("element", PhysicalType::FLOAT)
+            .with_repetition(Repetition::REQUIRED)
+            .build()?;
+        let list = Type::group_type_builder("list")
+            .with_repetition(Repetition::REPEATED)
+            .with_fields(vec![Arc::new(element)])
+            .build()?;
+        fields.push(Arc::new(
+            Type::group_type_builder(VECTOR_COLUMN)
+                .with_repetition(Repetition::REQUIRED)
+                .with_logical_type(Some(LogicalType::List))
+                .with_fields(vec![Arc::new(list)])
+                .build()?,
+        ));
+        Ok(Arc::new(
+            Type::group_type_builder("fashion_kiosk_part")
+                .with_fields(fields)
+                .build()?,
+        ))
+    }
+
+    /// Snappy, the vectors plain (no dictionary or statistics), and the part's metadata.
+    fn properties(&self) -> Result<WriterProperties> {
+        let vector_path = ColumnPath::from(vec![
+            VECTOR_COLUMN.to_string(),
+            "list".to_string(),
+            "element".to_string(),
+        ]);
+        let metadata = [
+            ("fashion_kiosk.part", PART_VERSION.to_string()),
+            ("fashion_kiosk.fingerprint", self.fingerprint.to_string()),
+            ("fashion_kiosk.dim", self.dim.to_string()),
+            ("fashion_kiosk.shard", self.shard.to_string()),
+            (
+                "fashion_kiosk.columns",
+                serde_json::to_string(&self.columns)?,
+            ),
+            (
+                "fashion_kiosk.skipped",
+                serde_json::to_string(&self.skipped)?,
+            ),
+        ]
+        .into_iter()
+        .map(|(key, value)| KeyValue::new(key.to_string(), value))
+        .collect();
+        Ok(WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_column_dictionary_enabled(vector_path.clone(), false)
+            .set_column_statistics_enabled(vector_path, EnabledStatistics::None)
+            .set_key_value_metadata(Some(metadata))
+            .build())
+    }
+
     /// Reads a part, checking its metadata, its columns and that every vector has the part's
     /// dimension. Errors name the file and what is wrong with it.
     pub fn read(path: &Path) -> Result<Self> {
@@ -214,8 +224,70 @@ impl Part {
         let file_bytes = file.metadata()?.len();
         let reader = SerializedFileReader::new(file)?;
         let meta = reader.metadata().file_metadata();
-        let values: HashMap<&str, &str> = meta
-            .key_value_metadata()
+        let header = PartMetadata::read(meta.key_value_metadata())?;
+        let dim = header.dim;
+        let expected: Vec<String> = ITEM_COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(header.columns.iter().cloned())
+            .chain([format!("{VECTOR_COLUMN}.list.element")])
+            .collect();
+        let found: Vec<String> = meta
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|c| c.path().string())
+            .collect();
+        ensure!(
+            found == expected,
+            "its columns are {found:?}, expected {expected:?}"
+        );
+
+        let strings = ITEM_COLUMNS.len() + header.columns.len();
+        let rows = checked_row_count(&reader, strings, dim, file_bytes)?;
+        let mut texts: Vec<Vec<String>> = vec![Vec::with_capacity(rows); strings];
+        let mut vectors = Vec::with_capacity(rows * dim);
+        for group in 0..reader.num_row_groups() {
+            let row_group = reader.get_row_group(group)?;
+            let group_rows = row_group.metadata().num_rows() as usize;
+            for (column, text) in texts.iter_mut().enumerate() {
+                let ColumnReader::ByteArrayColumnReader(reader) =
+                    row_group.get_column_reader(column)?
+                else {
+                    bail!("column {} is not text", expected[column]);
+                };
+                read_texts(reader, group_rows, &expected[column], group, text)?;
+            }
+            let ColumnReader::FloatColumnReader(reader) = row_group.get_column_reader(strings)?
+            else {
+                bail!("column {VECTOR_COLUMN} is not a list of floats");
+            };
+            read_vectors(reader, group_rows, dim, group, &mut vectors)?;
+        }
+        Ok(Self {
+            fingerprint: header.fingerprint,
+            dim,
+            shard: header.shard,
+            items: items_of(texts),
+            columns: header.columns,
+            vectors,
+            skipped: header.skipped,
+        })
+    }
+}
+
+/// What a part's key-value metadata says about it.
+struct PartMetadata {
+    fingerprint: Fingerprint,
+    dim: usize,
+    shard: Shard,
+    columns: Vec<String>,
+    skipped: Vec<Skipped>,
+}
+
+impl PartMetadata {
+    fn read(pairs: Option<&Vec<KeyValue>>) -> Result<Self> {
+        let values: HashMap<&str, &str> = pairs
             .map(|pairs| {
                 pairs
                     .iter()
@@ -249,106 +321,92 @@ impl Part {
             .context("fashion_kiosk.columns is not a list of names")?;
         let skipped: Vec<Skipped> = serde_json::from_str(field("fashion_kiosk.skipped")?)
             .context("fashion_kiosk.skipped is not a list of files and reasons")?;
-
-        let schema = meta.schema_descr();
-        let expected: Vec<String> = ITEM_COLUMNS
-            .iter()
-            .map(|c| c.to_string())
-            .chain(columns.iter().cloned())
-            .chain([format!("{VECTOR_COLUMN}.list.element")])
-            .collect();
-        let found: Vec<String> = schema.columns().iter().map(|c| c.path().string()).collect();
-        ensure!(
-            found == expected,
-            "its columns are {found:?}, expected {expected:?}"
-        );
-
-        let strings = ITEM_COLUMNS.len() + columns.len();
-        let rows = checked_row_count(&reader, strings, dim, file_bytes)?;
-        let mut texts: Vec<Vec<String>> = vec![Vec::with_capacity(rows); strings];
-        let mut vectors = Vec::with_capacity(rows * dim);
-        for group in 0..reader.num_row_groups() {
-            let row_group = reader.get_row_group(group)?;
-            let group_rows = row_group.metadata().num_rows() as usize;
-            for (column, text) in texts.iter_mut().enumerate() {
-                let ColumnReader::ByteArrayColumnReader(mut column_reader) =
-                    row_group.get_column_reader(column)?
-                else {
-                    bail!("column {} is not text", expected[column]);
-                };
-                let mut values = Vec::with_capacity(group_rows);
-                let (read, _, _) =
-                    column_reader.read_records(group_rows, None, None, &mut values)?;
-                ensure!(
-                    read == group_rows && values.len() == group_rows,
-                    "column {} has {} of {group_rows} values in row group {group}",
-                    expected[column],
-                    values.len()
-                );
-                for value in values {
-                    text.push(
-                        value
-                            .as_utf8()
-                            .with_context(|| format!("column {} is not UTF-8", expected[column]))?
-                            .to_string(),
-                    );
-                }
-            }
-            let ColumnReader::FloatColumnReader(mut column_reader) =
-                row_group.get_column_reader(strings)?
-            else {
-                bail!("column {VECTOR_COLUMN} is not a list of floats");
-            };
-            let (mut definitions, mut repetitions, mut values) =
-                (Vec::new(), Vec::new(), Vec::new());
-            let (read, _, _) = column_reader.read_records(
-                group_rows,
-                Some(&mut definitions),
-                Some(&mut repetitions),
-                &mut values,
-            )?;
-            let whole = read == group_rows
-                && values.len() == group_rows * dim
-                && definitions.iter().all(|d| *d == 1)
-                && repetitions
-                    .iter()
-                    .enumerate()
-                    .all(|(i, r)| *r == i16::from(i % dim != 0));
-            ensure!(
-                whole,
-                "row group {group}: its vectors are not {group_rows} lists of {dim} values"
-            );
-            vectors.extend_from_slice(&values);
-        }
-        let mut texts = texts.into_iter();
-        let mut next = || texts.next().expect("one list per text column");
-        let (ids, sources, digests) = (next(), next(), next());
-        let mut labels: Vec<std::vec::IntoIter<String>> =
-            texts.map(|column| column.into_iter()).collect();
-        let items = ids
-            .into_iter()
-            .zip(sources)
-            .zip(digests)
-            .map(|((id, source), digest)| Item {
-                id,
-                source,
-                digest,
-                metadata: labels
-                    .iter_mut()
-                    .map(|column| column.next().expect("one value per row"))
-                    .collect(),
-            })
-            .collect();
         Ok(Self {
             fingerprint,
             dim,
             shard,
             columns,
-            items,
-            vectors,
             skipped,
         })
     }
+}
+
+/// One row group's values of a text column, appended to `texts`.
+fn read_texts(
+    mut reader: ColumnReaderImpl<ByteArrayType>,
+    rows: usize,
+    column: &str,
+    group: usize,
+    texts: &mut Vec<String>,
+) -> Result<()> {
+    let mut values = Vec::with_capacity(rows);
+    let (read, _, _) = reader.read_records(rows, None, None, &mut values)?;
+    ensure!(
+        read == rows && values.len() == rows,
+        "column {column} has {} of {rows} values in row group {group}",
+        values.len()
+    );
+    for value in values {
+        texts.push(
+            value
+                .as_utf8()
+                .with_context(|| format!("column {column} is not UTF-8"))?
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// One row group's vectors, each a list of `dim` values, appended to `vectors`.
+fn read_vectors(
+    mut reader: ColumnReaderImpl<FloatType>,
+    rows: usize,
+    dim: usize,
+    group: usize,
+    vectors: &mut Vec<f32>,
+) -> Result<()> {
+    let (mut definitions, mut repetitions, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    let (read, _, _) = reader.read_records(
+        rows,
+        Some(&mut definitions),
+        Some(&mut repetitions),
+        &mut values,
+    )?;
+    let whole = read == rows
+        && values.len() == rows * dim
+        && definitions.iter().all(|d| *d == 1)
+        && repetitions
+            .iter()
+            .enumerate()
+            .all(|(i, r)| *r == i16::from(i % dim != 0));
+    ensure!(
+        whole,
+        "row group {group}: its vectors are not {rows} lists of {dim} values"
+    );
+    vectors.extend_from_slice(&values);
+    Ok(())
+}
+
+/// The items from the text columns: id, source, digest, then one per label column.
+fn items_of(texts: Vec<Vec<String>>) -> Vec<Item> {
+    let mut texts = texts.into_iter();
+    let mut next = || texts.next().expect("one list per text column");
+    let (ids, sources, digests) = (next(), next(), next());
+    let mut labels: Vec<std::vec::IntoIter<String>> =
+        texts.map(|column| column.into_iter()).collect();
+    ids.into_iter()
+        .zip(sources)
+        .zip(digests)
+        .map(|((id, source), digest)| Item {
+            id,
+            source,
+            digest,
+            metadata: labels
+                .iter_mut()
+                .map(|column| column.next().expect("one value per row"))
+                .collect(),
+        })
+        .collect()
 }
 
 /// Vector values a part may hold per byte of its file: a part's vectors are stored plain (no

@@ -773,6 +773,35 @@ impl Config {
 
     /// Checks every value's range; the error names the field.
     pub fn validate(&self) -> Result<()> {
+        self.validate_devices()?;
+        self.scene.validate()?;
+        self.kiosk.validate()?;
+        if self.scan_log.max_bytes < 4096 {
+            bail!(
+                "scan_log.max_bytes = {}: must be at least 4096",
+                self.scan_log.max_bytes
+            );
+        }
+        if self.scan_log.keep > 100 {
+            bail!("scan_log.keep = {}: must be 0–100", self.scan_log.keep);
+        }
+        if self.model.threads > 256 {
+            bail!("model.threads = {}: must be 0–256", self.model.threads);
+        }
+        if let Some(uplink) = &self.uplink {
+            uplink.validate()?;
+        }
+        if let Some(recommend) = &self.recommend {
+            recommend.validate()?;
+        }
+        if let Some(outfit) = &self.outfit {
+            outfit.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The camera's, trigger's and display's settings.
+    fn validate_devices(&self) -> Result<()> {
         if let CameraConfig::V4l2 {
             width,
             height,
@@ -809,74 +838,65 @@ impl Config {
             } => bail!("display: a simulated display needs `screens` or `terminal = true`"),
             _ => {}
         }
-        if let Some([x, y, w, h]) = self.scene.region {
+        Ok(())
+    }
+}
+
+impl SceneConfig {
+    fn validate(&self) -> Result<()> {
+        if let Some([x, y, w, h]) = self.region {
             if w < 16 || h < 16 || x.checked_add(w).is_none() || y.checked_add(h).is_none() {
                 bail!("scene.region = [{x}, {y}, {w}, {h}]: width and height must be at least 16");
             }
         }
-        if !(self.scene.card_level.is_finite() && (50.0..=250.0).contains(&self.scene.card_level)) {
-            bail!(
-                "scene.card_level = {}: must be 50–250",
-                self.scene.card_level
-            );
+        if !(self.card_level.is_finite() && (50.0..=250.0).contains(&self.card_level)) {
+            bail!("scene.card_level = {}: must be 50–250", self.card_level);
         }
-        if let Some([x, y, w, h]) = self.scene.white_patch {
+        if let Some([x, y, w, h]) = self.white_patch {
             if w < 4 || h < 4 || x.checked_add(w).is_none() || y.checked_add(h).is_none() {
                 bail!(
                     "scene.white_patch = [{x}, {y}, {w}, {h}]: width and height must be at least 4"
                 );
             }
         }
-        if !(1..=64).contains(&self.scene.calibration_frames) {
+        if !(1..=64).contains(&self.calibration_frames) {
             bail!(
                 "scene.calibration_frames = {}: must be 1–64",
-                self.scene.calibration_frames
+                self.calibration_frames
             );
         }
-        let k = &self.kiosk;
-        if !(k.results_secs.is_finite() && (0.5..=600.0).contains(&k.results_secs)) {
-            bail!("kiosk.results_secs = {}: must be 0.5–600", k.results_secs);
+        Ok(())
+    }
+}
+
+impl KioskConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.results_secs.is_finite() && (0.5..=600.0).contains(&self.results_secs)) {
+            bail!(
+                "kiosk.results_secs = {}: must be 0.5–600",
+                self.results_secs
+            );
         }
-        if k.debounce_ms > 1000 {
-            bail!("kiosk.debounce_ms = {}: must be 0–1000", k.debounce_ms);
+        if self.debounce_ms > 1000 {
+            bail!("kiosk.debounce_ms = {}: must be 0–1000", self.debounce_ms);
         }
-        if !(1..=100).contains(&k.top) {
-            bail!("kiosk.top = {}: must be 1–100", k.top);
+        if !(1..=100).contains(&self.top) {
+            bail!("kiosk.top = {}: must be 1–100", self.top);
         }
-        if !(k.scan_timeout_secs.is_finite() && (1.0..=3600.0).contains(&k.scan_timeout_secs)) {
+        if !(self.scan_timeout_secs.is_finite() && (1.0..=3600.0).contains(&self.scan_timeout_secs))
+        {
             bail!(
                 "kiosk.scan_timeout_secs = {}: must be 1–3600",
-                k.scan_timeout_secs
+                self.scan_timeout_secs
             );
         }
-        if !(k.camera_retry_max_secs.is_finite()
-            && (0.1..=3600.0).contains(&k.camera_retry_max_secs))
+        if !(self.camera_retry_max_secs.is_finite()
+            && (0.1..=3600.0).contains(&self.camera_retry_max_secs))
         {
             bail!(
                 "kiosk.camera_retry_max_secs = {}: must be 0.1–3600",
-                k.camera_retry_max_secs
+                self.camera_retry_max_secs
             );
-        }
-        if self.scan_log.max_bytes < 4096 {
-            bail!(
-                "scan_log.max_bytes = {}: must be at least 4096",
-                self.scan_log.max_bytes
-            );
-        }
-        if self.scan_log.keep > 100 {
-            bail!("scan_log.keep = {}: must be 0–100", self.scan_log.keep);
-        }
-        if self.model.threads > 256 {
-            bail!("model.threads = {}: must be 0–256", self.model.threads);
-        }
-        if let Some(uplink) = &self.uplink {
-            uplink.validate()?;
-        }
-        if let Some(recommend) = &self.recommend {
-            recommend.validate()?;
-        }
-        if let Some(outfit) = &self.outfit {
-            outfit.validate()?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::device::camera::CameraControl;
 use crate::device::Camera;
 use crate::device::{self, Screen};
 use crate::scanlog::ScanLog;
-use kiosk_pipeline::config::Config;
+use kiosk_pipeline::config::{Config, OutfitConfig, RecommendConfig};
 use kiosk_pipeline::outfit::Outfits;
 use kiosk_pipeline::pipeline::{Pipeline, Store};
 use kiosk_pipeline::recommend::{stock::Stock, trends::Trends};
@@ -179,113 +179,15 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
         status: "checked".into(),
         ..Health::default()
     };
-    let loaded = config
-        .model
-        .pick()
-        .and_then(|pick| Ok((Embedder::load(&pick.manifest)?, pick)));
-    let embedder = loaded.as_ref().map(|(embedder, _)| embedder);
-    if let Ok(embedder) = &embedder {
-        health.model = Some(ModelHealth {
-            name: embedder.manifest().name.clone(),
-            fingerprint: embedder.fingerprint().to_string(),
-        });
-    }
-    findings.push(finding(
-        "model",
-        loaded
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .map(|(e, pick)| {
-                format!(
-                    "{} ({}, {}; {})",
-                    e.manifest().name,
-                    pick.manifest.display(),
-                    e.fingerprint().short(),
-                    pick.reason
-                )
-            }),
-    ));
-    let table = match &embedder {
-        Ok(embedder) => embedder.load_table(&config.catalogue.table),
-        Err(_) => Err(anyhow::anyhow!(
-            "{}: not checked without a model",
-            config.catalogue.table.display()
-        )),
-    };
-    findings.push(finding(
-        "catalogue",
-        table.as_ref().map_err(|e| anyhow!("{e:#}")).map(|t| {
-            health.catalogue = Some(CatalogueHealth {
-                items: t.len(),
-                fingerprint: t.content_id(),
-            });
-            let search = match t.cell_count() {
-                Some(cells) => format!(", approximate search over {cells} cells"),
-                None => String::new(),
-            };
-            format!(
-                "{} ({} items{search})",
-                config.catalogue.table.display(),
-                t.len()
-            )
-        }),
-    ));
+    let embedder = check_model(config, &mut findings, &mut health);
+    let table = check_catalogue(config, embedder.as_ref(), &mut findings, &mut health);
     if let (Some(recommend), Ok(table)) = (&config.recommend, &table) {
-        if let Some(path) = &recommend.stock {
-            findings.push(finding(
-                "stock",
-                Stock::load(path, table).map(|s| {
-                    format!(
-                        "{} ({} rows, {} out of stock, {} ids not in the catalogue)",
-                        path.display(),
-                        s.rows,
-                        s.out_of_stock(),
-                        s.unknown_ids
-                    )
-                }),
-            ));
-        }
-        if let Some(path) = &recommend.trends {
-            findings.push(finding(
-                "trends",
-                Trends::load(path, table).map(|t| {
-                    format!(
-                        "{} ({} sessions, {} ids not in the catalogue)",
-                        path.display(),
-                        t.sessions,
-                        t.unknown_ids
-                    )
-                }),
-            ));
-        }
+        findings.extend(store_findings(recommend, table));
     }
     if let Some(settings) = &config.outfit {
         findings.push(finding(
             "outfits",
-            Outfits::load(settings).map(|outfits| {
-                let manifest = outfits.parser.manifest();
-                let mut line = format!(
-                    "garment parser {} ({}, {}): {}",
-                    manifest.name,
-                    outfits.parser.manifest_path().display(),
-                    manifest.fingerprint().short(),
-                    settings
-                        .garments
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                if let Ok(table) = &table {
-                    let unknown = outfits.unknown_categories(table);
-                    if unknown.is_empty() {
-                        line.push_str("; every category is in the catalogue");
-                    } else {
-                        line.push_str(&format!("; the catalogue has no {}", unknown.join(", ")));
-                    }
-                }
-                line
-            }),
+            outfits_finding(settings, table.as_ref().ok()),
         ));
     }
     let calibration = config
@@ -296,31 +198,8 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
         .transpose()
         .map(Option::flatten);
     let mut camera = device::open_camera(&config.camera);
-    let frame = match camera.as_mut() {
-        Ok(camera) => {
-            let start = Instant::now();
-            camera
-                .capture()
-                .map(|frame| (frame, start.elapsed()))
-                .map_err(anyhow::Error::from)
-        }
-        Err(e) => Err(anyhow!("{e:#}")),
-    };
-    findings.push(finding(
-        "camera",
-        match (&camera, &frame) {
-            (Ok(camera), Ok((frame, took))) => Ok(format!(
-                "{}: {}×{} frame in {:.0} ms",
-                camera.describe(),
-                frame.width(),
-                frame.height(),
-                took.as_secs_f64() * 1000.0
-            )),
-            (Err(e), _) | (_, Err(e)) => Err(anyhow!("{e:#}")),
-        },
-    ));
+    let frame = capture(&mut camera, &mut findings);
     health.camera = part(findings.last());
-    let frame = frame.ok().map(|(frame, _)| frame);
     if let Ok(Some(calibration)) = &calibration {
         health.calibrated = calibration.taken.clone();
     }
@@ -336,7 +215,7 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
             ));
         }
     }
-    if let (Ok(embedder), Ok(table), Some(frame)) = (&embedder, table, &frame) {
+    if let (Some(embedder), Ok(table), Some(frame)) = (&embedder, table, &frame) {
         findings.push(finding("look-up", look_up(config, embedder, table, frame)));
     }
     if let Some(rect) = config.scene.white_patch {
@@ -349,6 +228,163 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
             },
         ));
     }
+    check_outputs(config, &mut findings, &mut health);
+    (findings, health)
+}
+
+/// The model the config picks, loaded: its finding and health; the embedder when it loaded.
+fn check_model(
+    config: &Config,
+    findings: &mut Vec<Finding>,
+    health: &mut Health,
+) -> Option<Embedder> {
+    let loaded = config
+        .model
+        .pick()
+        .and_then(|pick| Ok((Embedder::load(&pick.manifest)?, pick)));
+    findings.push(finding(
+        "model",
+        loaded
+            .as_ref()
+            .map_err(|e| anyhow!("{e:#}"))
+            .map(|(e, pick)| {
+                format!(
+                    "{} ({}, {}; {})",
+                    e.manifest().name,
+                    pick.manifest.display(),
+                    e.fingerprint().short(),
+                    pick.reason
+                )
+            }),
+    ));
+    let (embedder, _) = loaded.ok()?;
+    health.model = Some(ModelHealth {
+        name: embedder.manifest().name.clone(),
+        fingerprint: embedder.fingerprint().to_string(),
+    });
+    Some(embedder)
+}
+
+/// The catalogue table, loaded for `embedder`'s model: its finding and health.
+fn check_catalogue(
+    config: &Config,
+    embedder: Option<&Embedder>,
+    findings: &mut Vec<Finding>,
+    health: &mut Health,
+) -> Result<Table> {
+    let path = &config.catalogue.table;
+    let table = match embedder {
+        Some(embedder) => embedder.load_table(path),
+        None => Err(anyhow!("{}: not checked without a model", path.display())),
+    };
+    findings.push(finding(
+        "catalogue",
+        table.as_ref().map_err(|e| anyhow!("{e:#}")).map(|t| {
+            health.catalogue = Some(CatalogueHealth {
+                items: t.len(),
+                fingerprint: t.content_id(),
+            });
+            let search = match t.cell_count() {
+                Some(cells) => format!(", approximate search over {cells} cells"),
+                None => String::new(),
+            };
+            format!("{} ({} items{search})", path.display(), t.len())
+        }),
+    ));
+    table
+}
+
+/// The store's stock and trends files under `[recommend]`, read against `table`.
+fn store_findings(recommend: &RecommendConfig, table: &Table) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if let Some(path) = &recommend.stock {
+        findings.push(finding(
+            "stock",
+            Stock::load(path, table).map(|s| {
+                format!(
+                    "{} ({} rows, {} out of stock, {} ids not in the catalogue)",
+                    path.display(),
+                    s.rows,
+                    s.out_of_stock(),
+                    s.unknown_ids
+                )
+            }),
+        ));
+    }
+    if let Some(path) = &recommend.trends {
+        findings.push(finding(
+            "trends",
+            Trends::load(path, table).map(|t| {
+                format!(
+                    "{} ({} sessions, {} ids not in the catalogue)",
+                    path.display(),
+                    t.sessions,
+                    t.unknown_ids
+                )
+            }),
+        ));
+    }
+    findings
+}
+
+/// The garment parser under `[outfit]`, and whether the catalogue (when it loaded) has every
+/// configured category.
+fn outfits_finding(settings: &OutfitConfig, table: Option<&Table>) -> Result<String> {
+    let outfits = Outfits::load(settings)?;
+    let manifest = outfits.parser.manifest();
+    let mut line = format!(
+        "garment parser {} ({}, {}): {}",
+        manifest.name,
+        outfits.parser.manifest_path().display(),
+        manifest.fingerprint().short(),
+        settings
+            .garments
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(table) = table {
+        let unknown = outfits.unknown_categories(table);
+        if unknown.is_empty() {
+            line.push_str("; every category is in the catalogue");
+        } else {
+            line.push_str(&format!("; the catalogue has no {}", unknown.join(", ")));
+        }
+    }
+    Ok(line)
+}
+
+/// One frame from the camera, timed, with its finding.
+fn capture(camera: &mut Result<Box<dyn Camera>>, findings: &mut Vec<Finding>) -> Option<RgbImage> {
+    let frame = match camera.as_mut() {
+        Ok(camera) => {
+            let start = Instant::now();
+            camera
+                .capture()
+                .map(|frame| (frame, start.elapsed()))
+                .map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(anyhow!("{e:#}")),
+    };
+    findings.push(finding(
+        "camera",
+        match (&*camera, &frame) {
+            (Ok(camera), Ok((frame, took))) => Ok(format!(
+                "{}: {}×{} frame in {:.0} ms",
+                camera.describe(),
+                frame.width(),
+                frame.height(),
+                took.as_secs_f64() * 1000.0
+            )),
+            (Err(e), _) | (_, Err(e)) => Err(anyhow!("{e:#}")),
+        },
+    ));
+    frame.ok().map(|(frame, _)| frame)
+}
+
+/// The trigger, the display (it shows a message) and the scan log.
+fn check_outputs(config: &Config, findings: &mut Vec<Finding>, health: &mut Health) {
     findings.push(finding(
         "trigger",
         device::open_trigger(&config.trigger, config.kiosk.debounce()).map(|t| match t {
@@ -378,7 +414,6 @@ pub fn check(config: &Config) -> (Vec<Finding>, Health) {
             None => Ok("off".into()),
         },
     ));
-    (findings, health)
 }
 
 /// The camera's frame through the pipeline a scan uses, assembled from `config`: how the item

@@ -69,72 +69,53 @@ impl Monitor {
     /// A monitor writing into `folder` (none: it only keeps the health in memory).
     pub fn new(folder: Option<&Path>) -> Result<Self> {
         let registry = Registry::new();
-        let scans = IntCounterVec::new(
+        let add = Registrar(&registry);
+        let scans = add.metric(IntCounterVec::new(
             Opts::new("fashion_kiosk_scans_total", "Scans finished, by outcome"),
             &["outcome"],
-        )?;
-        let stages = HistogramVec::new(
+        )?)?;
+        let stages = add.metric(HistogramVec::new(
             HistogramOpts::new(
                 "fashion_kiosk_scan_stage_seconds",
                 "Time per stage of a scan (total: press to logged outcome)",
             )
             .buckets(BUCKETS.to_vec()),
             &["stage"],
-        )?;
-        let camera_up = IntGauge::new("fashion_kiosk_camera_up", "1 when the camera works")?;
-        let display_up = IntGauge::new("fashion_kiosk_display_up", "1 when the display works")?;
-        let items = IntGauge::new("fashion_kiosk_catalogue_items", "Items in the catalogue")?;
-        let catalogue_info = GaugeVec::new(
-            Opts::new(
-                "fashion_kiosk_catalogue_info",
-                "The catalogue searched (its content id), always 1",
-            ),
+        )?)?;
+        let camera_up = add.int_gauge("fashion_kiosk_camera_up", "1 when the camera works")?;
+        let display_up = add.int_gauge("fashion_kiosk_display_up", "1 when the display works")?;
+        let items = add.int_gauge("fashion_kiosk_catalogue_items", "Items in the catalogue")?;
+        let catalogue_info = add.info(
+            "fashion_kiosk_catalogue_info",
+            "The catalogue searched (its content id), always 1",
             &["fingerprint"],
         )?;
-        let last_scan = Gauge::new(
+        let last_scan = add.gauge(
             "fashion_kiosk_last_scan_timestamp_seconds",
             "When the last scan finished (Unix time)",
         )?;
-        let calibrated = Gauge::new(
+        let calibrated = add.gauge(
             "fashion_kiosk_calibrated_timestamp_seconds",
             "When the scene was calibrated (Unix time; 0 = not calibrated)",
         )?;
-        let reload_failures = IntCounter::new(
+        let reload_failures = add.metric(IntCounter::new(
             "fashion_kiosk_reload_failures_total",
             "Catalogue reloads refused (the previous catalogue was kept)",
-        )?;
-        let build_info = GaugeVec::new(
-            Opts::new(
-                "fashion_kiosk_build_info",
-                "The build and model running, always 1",
-            ),
+        )?)?;
+        let build_info = add.info(
+            "fashion_kiosk_build_info",
+            "The build and model running, always 1",
             &["version", "model", "model_fingerprint"],
         )?;
-        let running = IntGauge::new(
+        let running = add.int_gauge(
             "fashion_kiosk_running",
             "1 while the service runs; 0 when it stopped or could not start",
         )?;
-        let started = Gauge::new(
+        add.gauge(
             "fashion_kiosk_start_time_seconds",
             "When the service started (Unix time)",
-        )?;
-        started.set(unix_seconds(std::time::SystemTime::now()));
-        for collector in [
-            Box::new(scans.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(stages.clone()),
-            Box::new(camera_up.clone()),
-            Box::new(display_up.clone()),
-            Box::new(items.clone()),
-            Box::new(catalogue_info.clone()),
-            Box::new(last_scan.clone()),
-            Box::new(calibrated.clone()),
-            Box::new(reload_failures.clone()),
-            Box::new(build_info.clone()),
-            Box::new(started),
-            Box::new(running.clone()),
-        ] {
-            registry.register(collector)?;
-        }
+        )?
+        .set(unix_seconds(std::time::SystemTime::now()));
         // Every outcome is exported from the start, at 0.
         for outcome in [ScanOutcome::Ok, ScanOutcome::Nothing, ScanOutcome::Error] {
             scans.with_label_values(&[outcome.label()]);
@@ -299,6 +280,32 @@ impl Monitor {
 fn unix_seconds(time: std::time::SystemTime) -> f64 {
     time.duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Makes metrics registered in a registry (which keeps a handle to each).
+struct Registrar<'r>(&'r Registry);
+
+impl Registrar<'_> {
+    fn metric<C>(&self, collector: C) -> Result<C>
+    where
+        C: prometheus::core::Collector + Clone + 'static,
+    {
+        self.0.register(Box::new(collector.clone()))?;
+        Ok(collector)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<Gauge> {
+        self.metric(Gauge::new(name, help)?)
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> Result<IntGauge> {
+        self.metric(IntGauge::new(name, help)?)
+    }
+
+    /// A gauge per label set, set to 1 for what runs.
+    fn info(&self, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec> {
+        self.metric(GaugeVec::new(Opts::new(name, help), labels)?)
+    }
 }
 
 #[cfg(test)]

@@ -639,24 +639,27 @@ pub struct Table {
     rows_file: Option<File>,
 }
 
-/// One search result: the item's index in the table and its cosine similarity to the query.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Hit {
-    pub index: usize,
-    pub score: f32,
+/// A table file's header, checked against itself and the file's length.
+struct Header {
+    version: u32,
+    element: Element,
+    dim: usize,
+    count: usize,
+    cells: usize,
+    fingerprint: Fingerprint,
+    records_offset: usize,
+    records_len: usize,
+    vectors_offset: usize,
+    /// The file's length: where the vector section ends.
+    end: usize,
+    /// The checksum of the records and the vector section (up to a version-3 i8 table's rows).
+    body_crc: u32,
+    /// The header's own checksum (the table's content id).
+    checksum: u32,
 }
 
-impl Table {
-    /// Reads and validates a table file. Every error names the file and what is wrong with it.
-    pub fn load(path: &Path) -> Result<Self> {
-        Self::load_inner(path).with_context(|| format!("cannot load table {}", path.display()))
-    }
-
-    fn load_inner(path: &Path) -> Result<Self> {
-        let mut file = File::open(path)?;
-        let file_len = file.metadata()?.len();
-        let head = AlignedBytes::read(&mut file, Some(HEADER_LEN))?;
-        let head = head.as_bytes();
+impl Header {
+    fn parse(head: &[u8], file_len: u64) -> Result<Self> {
         ensure!(
             head.len() >= HEADER_LEN,
             "file is {} bytes, shorter than the {HEADER_LEN}-byte header (truncated or not a table)",
@@ -671,8 +674,9 @@ impl Table {
             (1..=FORMAT_VERSION).contains(&version),
             "table format version {version}, this build reads versions 1 to {FORMAT_VERSION}: rebuild it with `fashion-kiosk index`"
         );
+        let checksum = get_u32(head, 92);
         ensure!(
-            crc32fast::hash(&head[..92]) == get_u32(head, 92),
+            crc32fast::hash(&head[..92]) == checksum,
             "header checksum mismatch (corrupt file)"
         );
         let element = Element::from_code(get_u32(head, 12))
@@ -697,7 +701,6 @@ impl Table {
         let records_len = size_field(get_u64(head, 64), "records length")?;
         let vectors_offset = size_field(get_u64(head, 72), "vectors offset")?;
         let vectors_len = size_field(get_u64(head, 80), "vectors length")?;
-        let body_crc = get_u32(head, 88);
         let misfit = || {
             format!(
                 "section sizes do not fit {count} vectors of {dim} {} values",
@@ -720,6 +723,72 @@ impl Table {
             file_len == end as u64,
             "file is {file_len} bytes, expected {end} (truncated or padded)"
         );
+        Ok(Self {
+            version,
+            element,
+            dim,
+            count,
+            cells,
+            fingerprint,
+            records_offset,
+            records_len,
+            vectors_offset,
+            end,
+            body_crc: get_u32(head, 88),
+            checksum,
+        })
+    }
+}
+
+/// The item records' JSON, checked against the header's count and the columns.
+fn parse_records(json: &[u8], count: usize) -> Result<LoadedRecords> {
+    let records: LoadedRecords =
+        serde_json::from_slice(json).context("item records are not valid")?;
+    ensure!(
+        records.items.len() == count,
+        "header says {count} items, records hold {}",
+        records.items.len()
+    );
+    ensure!(
+        records.items.width() == records.columns.len(),
+        "item {} has {} metadata values for {} columns",
+        records.items.get(0).id,
+        records.items.width(),
+        records.columns.len()
+    );
+    Ok(records)
+}
+
+/// One search result: the item's index in the table and its cosine similarity to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub index: usize,
+    pub score: f32,
+}
+
+impl Table {
+    /// Reads and validates a table file. Every error names the file and what is wrong with it.
+    pub fn load(path: &Path) -> Result<Self> {
+        Self::load_inner(path).with_context(|| format!("cannot load table {}", path.display()))
+    }
+
+    fn load_inner(path: &Path) -> Result<Self> {
+        let mut file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let head = AlignedBytes::read(&mut file, Some(HEADER_LEN))?;
+        let header = Header::parse(head.as_bytes(), file_len)?;
+        let Header {
+            version,
+            element,
+            dim,
+            count,
+            cells,
+            records_offset,
+            records_len,
+            vectors_offset,
+            end,
+            ..
+        } = header;
         let layout = (element == Element::I8)
             .then(|| I8Layout::of(count, dim, version, cells))
             .flatten();
@@ -750,33 +819,20 @@ impl Table {
         );
         checksum.update(&data[..checked_end - vectors_offset]);
         ensure!(
-            checksum.finalize() == body_crc,
+            checksum.finalize() == header.body_crc,
             "data checksum mismatch (corrupt file)"
         );
-        let records: LoadedRecords = serde_json::from_slice(&records[..records_len])
-            .context("item records are not valid")?;
-        ensure!(
-            records.items.len() == count,
-            "header says {count} items, records hold {}",
-            records.items.len()
-        );
-        ensure!(
-            records.items.width() == records.columns.len(),
-            "item {} has {} metadata values for {} columns",
-            records.items.get(0).id,
-            records.items.width(),
-            records.columns.len()
-        );
+        let records = parse_records(&records[..records_len], count)?;
         let table = Self {
             path: path.to_path_buf(),
-            fingerprint,
+            fingerprint: header.fingerprint,
             element,
             dim,
             columns: records.columns,
             items: records.items,
             bytes,
             vectors_offset,
-            header_checksum: get_u32(head, 92),
+            header_checksum: header.checksum,
             version,
             layout,
             rows_file: rows_on_disk.then_some(file),

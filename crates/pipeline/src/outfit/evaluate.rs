@@ -9,13 +9,15 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
-use super::{parse_frame, query_parsed, Outfits};
+use image::{GrayImage, RgbImage};
+
+use super::{parse_frame, query_parsed, GarmentResult, Outfits};
 use crate::config::OutfitConfig;
 use crate::query::{self, Options, Recommendation};
 use kiosk_table::catalogue::Table;
 use kiosk_vision::model::Session;
 use kiosk_vision::palette;
-use kiosk_vision::parser::ParseSession;
+use kiosk_vision::parser::{LabelMap, ParseSession};
 use kiosk_vision::preprocess::decode_file;
 
 /// Which photos are measured.
@@ -224,31 +226,23 @@ pub fn measure(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<OutfitFigures> {
     let annotations = read_annotations(dir, outfits, split)?;
-    let settings = &outfits.settings;
     let visual_order = OutfitConfig {
         colour_first: false,
-        ..settings.clone()
+        ..outfits.settings.clone()
     };
     let classes = outfits.parser.manifest().classes.clone();
-    let mut per_class: BTreeMap<String, ClassFigures> = BTreeMap::new();
-    let mut confusion = vec![[0u64; 3]; classes.len()]; // per class: both, truth only, prediction only
-    let (mut whole_ms, mut outfit_ms, mut not_a_person) = (Vec::new(), Vec::new(), 0);
+    let mut tally = Tally {
+        per_class: BTreeMap::new(),
+        confusion: vec![[0; 3]; classes.len()],
+        whole_ms: Vec::new(),
+        outfit_ms: Vec::new(),
+        not_a_person: 0,
+    };
     for (done, name) in annotations.names.iter().enumerate() {
         progress(done, annotations.names.len());
-        let photo = decode_file(&dir.join("photos").join(format!("{name}.jpg")))?;
-        let mask_path = dir.join("masks").join(format!("{name}.png"));
-        let mask = image::open(&mask_path)
-            .with_context(|| format!("cannot read mask {}", mask_path.display()))?
-            .into_luma8();
-        ensure!(
-            mask.dimensions() == photo.dimensions(),
-            "mask {} is {:?}, its photo {:?}",
-            mask_path.display(),
-            mask.dimensions(),
-            photo.dimensions()
-        );
+        let (photo, mask) = read_photo(dir, name)?;
         let whole = query::query_image(session, table, &photo, options, k)?;
-        whole_ms.push(whole.latency_ms.total);
+        tally.whole_ms.push(whole.latency_ms.total);
         let start = Instant::now();
         let predicted = parse_frame(parse, &photo)?;
         // Each garment's visual top `candidates`: its first k are the visual order, and the
@@ -261,23 +255,83 @@ pub fn measure(
             table,
             &photo,
             options,
-            settings.candidates.max(k),
+            outfits.settings.candidates.max(k),
             start,
         )?;
-        outfit_ms.push(outfit.latency_ms.total);
-        not_a_person += usize::from(outfit.garments.is_empty());
+        tally.outfit_ms.push(outfit.latency_ms.total);
+        tally.not_a_person += usize::from(outfit.garments.is_empty());
+        let truth = truth_in_view(&mask, &predicted, &annotations.to_class);
+        tally.count_pixels(&truth, &predicted.labels);
+        let looked_up = LookedUp {
+            whole: &whole.results,
+            garments: &outfit.garments,
+            k,
+        };
+        tally.score_garments(
+            &outfits.settings,
+            &classes,
+            &photo,
+            &predicted,
+            &truth,
+            looked_up,
+        );
+    }
+    progress(annotations.names.len(), annotations.names.len());
+    Ok(tally.figures(&classes, annotations.names.len(), split, k))
+}
 
-        // The truth over the parser's view, against the parser's labels there.
-        let (vx, vy) = predicted.origin;
-        let mut truth = vec![255u8; predicted.labels.len()];
-        for y in 0..predicted.height {
-            for x in 0..predicted.width {
-                let label = mask.get_pixel(vx + x, vy + y).0[0];
-                truth[(y * predicted.width + x) as usize] = annotations.to_class[label as usize];
-            }
+/// A photo and its mask, of the same size.
+fn read_photo(dir: &Path, name: &str) -> Result<(RgbImage, GrayImage)> {
+    let photo = decode_file(&dir.join("photos").join(format!("{name}.jpg")))?;
+    let mask_path = dir.join("masks").join(format!("{name}.png"));
+    let mask = image::open(&mask_path)
+        .with_context(|| format!("cannot read mask {}", mask_path.display()))?
+        .into_luma8();
+    ensure!(
+        mask.dimensions() == photo.dimensions(),
+        "mask {} is {:?}, its photo {:?}",
+        mask_path.display(),
+        mask.dimensions(),
+        photo.dimensions()
+    );
+    Ok((photo, mask))
+}
+
+/// The mask's classes over the parser's view (255: not counted).
+fn truth_in_view(mask: &GrayImage, predicted: &LabelMap, to_class: &[u8; 256]) -> Vec<u8> {
+    let (vx, vy) = predicted.origin;
+    let mut truth = vec![255u8; predicted.labels.len()];
+    for y in 0..predicted.height {
+        for x in 0..predicted.width {
+            let label = mask.get_pixel(vx + x, vy + y).0[0];
+            truth[(y * predicted.width + x) as usize] = to_class[label as usize];
         }
-        for (class, counts) in confusion.iter_mut().enumerate() {
-            for (&t, &p) in truth.iter().zip(&predicted.labels) {
+    }
+    truth
+}
+
+/// What one photo's look-ups returned: the whole frame's results and each garment's.
+#[derive(Clone, Copy)]
+struct LookedUp<'a> {
+    whole: &'a [Recommendation],
+    garments: &'a [GarmentResult],
+    k: usize,
+}
+
+/// The counts and sums over the photos measured so far.
+struct Tally {
+    per_class: BTreeMap<String, ClassFigures>,
+    /// Per class: pixels in both truth and prediction, in the truth only, in the prediction only.
+    confusion: Vec<[u64; 3]>,
+    whole_ms: Vec<f64>,
+    outfit_ms: Vec<f64>,
+    not_a_person: usize,
+}
+
+impl Tally {
+    fn count_pixels(&mut self, truth: &[u8], predicted: &[u8]) {
+        for (class, counts) in self.confusion.iter_mut().enumerate() {
+            for (&t, &p) in truth.iter().zip(predicted) {
                 if t == 255 {
                     continue;
                 }
@@ -291,7 +345,21 @@ pub fn measure(
                 }
             }
         }
-        let view = truth.len() as f32;
+    }
+
+    /// Each garment the mask shows (its class configured, at least `min_share` of the view):
+    /// the precision of the category and of its colour (from its own pixels) in the results.
+    fn score_garments(
+        &mut self,
+        settings: &OutfitConfig,
+        classes: &[String],
+        photo: &RgbImage,
+        predicted: &LabelMap,
+        truth: &[u8],
+        looked_up: LookedUp,
+    ) {
+        let (vx, vy) = predicted.origin;
+        let k = looked_up.k;
         for (class_index, class) in classes.iter().enumerate() {
             let Some(garment) = settings.garments.get(class) else {
                 continue;
@@ -305,75 +373,86 @@ pub fn measure(
                     photo.get_pixel(vx + x, vy + y).0
                 })
                 .collect();
-            if (pixels.len() as f32) < settings.min_share * view || pixels.is_empty() {
+            if (pixels.len() as f32) < settings.min_share * truth.len() as f32 {
                 continue;
             }
-            let colour = palette::name_of(
-                palette::median_colour(pixels.into_iter()).expect("pixels are not empty"),
-            );
+            let Some(median) = palette::median_colour(pixels.into_iter()) else {
+                continue;
+            };
+            let colour = palette::name_of(median);
             let categories: Vec<&str> = garment.categories.iter().map(String::as_str).collect();
-            let figures = per_class.entry(class.clone()).or_default();
+            let figures = self.per_class.entry(class.clone()).or_default();
             figures.garments += 1;
             figures.whole_category +=
-                precision(&whole.results, &settings.category_column, &categories, k);
+                precision(looked_up.whole, &settings.category_column, &categories, k);
             figures.whole_colour +=
-                precision(&whole.results, &settings.colour_column, &[colour], k);
-            if let Some(found) = outfit.garments.iter().find(|g| g.class == *class) {
-                figures.found += 1;
-                figures.garment_category +=
-                    precision(&found.results, &settings.category_column, &categories, k);
-                figures.garment_colour_visual +=
-                    precision(&found.results, &settings.colour_column, &[colour], k);
-                let mut colour_first = found.results.clone();
-                colour_first.sort_by_key(|r| {
-                    r.metadata
-                        .get(&settings.colour_column)
-                        .and_then(|v| v.as_str())
-                        != Some(found.colour)
-                });
-                figures.garment_colour +=
-                    precision(&colour_first, &settings.colour_column, &[colour], k);
+                precision(looked_up.whole, &settings.colour_column, &[colour], k);
+            let Some(found) = looked_up.garments.iter().find(|g| g.class == *class) else {
+                continue;
+            };
+            figures.found += 1;
+            figures.garment_category +=
+                precision(&found.results, &settings.category_column, &categories, k);
+            figures.garment_colour_visual +=
+                precision(&found.results, &settings.colour_column, &[colour], k);
+            let mut colour_first = found.results.clone();
+            colour_first.sort_by_key(|r| {
+                r.metadata
+                    .get(&settings.colour_column)
+                    .and_then(|v| v.as_str())
+                    != Some(found.colour)
+            });
+            figures.garment_colour +=
+                precision(&colour_first, &settings.colour_column, &[colour], k);
+        }
+    }
+
+    /// The figures: IoU per class from the pixel counts, precisions as means, median latencies.
+    fn figures(
+        mut self,
+        classes: &[String],
+        photos: usize,
+        split: Split,
+        k: usize,
+    ) -> OutfitFigures {
+        let mut overall = ClassFigures::default();
+        let mut ious = Vec::new();
+        for (class_index, class) in classes.iter().enumerate() {
+            let [both, truth_only, predicted_only] = self.confusion[class_index];
+            let union = both + truth_only + predicted_only;
+            let iou = if union > 0 {
+                both as f64 / union as f64
+            } else {
+                f64::NAN
+            };
+            if class_index >= super::BODY_CLASSES.len() && union > 0 {
+                ious.push(iou);
             }
+            let Some(figures) = self.per_class.get_mut(class) else {
+                continue;
+            };
+            figures.iou = iou;
+            overall.add(figures);
+            figures.average();
+        }
+        overall.average();
+        overall.iou = f64::NAN;
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        OutfitFigures {
+            photos,
+            split,
+            k,
+            per_class: self.per_class,
+            overall,
+            garment_miou: ious.iter().sum::<f64>() / ious.len().max(1) as f64,
+            not_a_person: self.not_a_person,
+            whole_ms: median(self.whole_ms),
+            outfit_ms: median(self.outfit_ms),
         }
     }
-    progress(annotations.names.len(), annotations.names.len());
-    let mut overall = ClassFigures::default();
-    let mut ious = Vec::new();
-    for (class_index, class) in classes.iter().enumerate() {
-        let [both, truth_only, predicted_only] = confusion[class_index];
-        let union = both + truth_only + predicted_only;
-        let iou = if union > 0 {
-            both as f64 / union as f64
-        } else {
-            f64::NAN
-        };
-        if class_index >= super::BODY_CLASSES.len() && union > 0 {
-            ious.push(iou);
-        }
-        let Some(figures) = per_class.get_mut(class) else {
-            continue;
-        };
-        figures.iou = iou;
-        overall.add(figures);
-        figures.average();
-    }
-    overall.average();
-    overall.iou = f64::NAN;
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    Ok(OutfitFigures {
-        photos: annotations.names.len(),
-        split,
-        k,
-        per_class,
-        overall,
-        garment_miou: ious.iter().sum::<f64>() / ious.len().max(1) as f64,
-        not_a_person,
-        whole_ms: median(whole_ms),
-        outfit_ms: median(outfit_ms),
-    })
 }
 
 impl std::fmt::Display for OutfitFigures {

@@ -162,37 +162,18 @@ where
         }
         Screen::Scanning { tenths } => {
             centred(target, "Scanning", 8, &FONT_10X20)?;
-            centred(
-                target,
-                &format!("{}.{} s", tenths / 10, tenths % 10),
-                36,
-                &FONT_10X20,
-            )?;
+            let elapsed = format!("{}.{} s", tenths / 10, tenths % 10);
+            centred(target, &elapsed, 36, &FONT_10X20)?;
         }
-        Screen::Results { items } => {
-            // Three rows of 10×20 ids, readable from a step away; scores small on the right.
-            let right = TextStyleBuilder::new()
-                .alignment(Alignment::Right)
-                .baseline(Baseline::Top)
-                .build();
-            for (row, (id, score)) in items.iter().take(3).enumerate() {
-                let y = row as i32 * 22;
-                Text::with_baseline(
-                    &clip(id, 9),
-                    Point::new(0, y),
-                    style(&FONT_10X20, BinaryColor::On),
-                    Baseline::Top,
-                )
-                .draw(target)?;
-                Text::with_text_style(
-                    &format!("{score:.2}"),
-                    Point::new(WIDTH as i32 - 1, y + 5),
-                    style(&FONT_6X13, BinaryColor::On),
-                    right,
-                )
-                .draw(target)?;
-            }
-        }
+        // Three rows of 10×20 ids, readable from a step away; scores small on the right.
+        Screen::Results { items } => draw_rows(
+            target,
+            items
+                .iter()
+                .take(3)
+                .map(|(id, score)| (clip(id, 9), format!("{score:.2}"))),
+            RESULT_ROWS,
+        )?,
         Screen::GoesWith { items } => {
             // A title over a rule (not an inverted bar: this is no fault), then per row the
             // category small on the left and the id in bold on the right.
@@ -206,98 +187,142 @@ where
             Line::new(Point::new(0, 11), Point::new(WIDTH as i32 - 1, 11))
                 .into_styled(PrimitiveStyle::with_stroke(BinaryColor::On, 1))
                 .draw(target)?;
-            let right = TextStyleBuilder::new()
-                .alignment(Alignment::Right)
-                .baseline(Baseline::Top)
-                .build();
-            for (row, (id, category)) in items.iter().take(3).enumerate() {
-                let y = 15 + row as i32 * 16;
-                Text::with_baseline(
-                    &clip(category, 8),
-                    Point::new(0, y + 2),
-                    style(&FONT_6X10, BinaryColor::On),
-                    Baseline::Top,
-                )
-                .draw(target)?;
-                Text::with_text_style(
-                    &clip(id, 9),
-                    Point::new(WIDTH as i32 - 1, y),
-                    style(&FONT_8X13_BOLD, BinaryColor::On),
-                    right,
-                )
-                .draw(target)?;
-            }
+            let rows = items
+                .iter()
+                .take(3)
+                .map(|(id, category)| (clip(category, 8), clip(id, 9)));
+            draw_rows(target, rows, GOES_WITH_ROWS)?;
         }
-        Screen::Outfit { garments } => {
-            // A row of 16 pixels per garment: its label small on the left, its best ids in bold
-            // on the right (as many as fit, best first), readable at a glance in the mirror.
-            let right = TextStyleBuilder::new()
-                .alignment(Alignment::Right)
-                .baseline(Baseline::Top)
-                .build();
-            for (row, (label, ids)) in garments.iter().take(OUTFIT_ROWS).enumerate() {
-                let y = row as i32 * 16;
-                Text::with_baseline(
-                    &clip(label, 5),
-                    Point::new(0, y + 3),
-                    style(&FONT_6X10, BinaryColor::On),
-                    Baseline::Top,
-                )
-                .draw(target)?;
-                Text::with_text_style(
-                    &ids_that_fit(ids, OUTFIT_ID_CHARS),
-                    Point::new(WIDTH as i32 - 1, y + 1),
-                    style(&FONT_8X13_BOLD, BinaryColor::On),
-                    right,
-                )
-                .draw(target)?;
-            }
-        }
+        // A row of 16 pixels per garment: its label small on the left, its best ids in bold on
+        // the right (as many as fit, best first), readable at a glance in the mirror.
+        Screen::Outfit { garments } => draw_rows(
+            target,
+            garments
+                .iter()
+                .take(OUTFIT_ROWS)
+                .map(|(label, ids)| (clip(label, 5), ids_that_fit(ids, OUTFIT_ID_CHARS))),
+            OUTFIT_ROW_LAYOUT,
+        )?,
         Screen::NothingToScan => {
             centred(target, "Nothing to", 6, &FONT_10X20)?;
             centred(target, "scan", 26, &FONT_10X20)?;
             centred(target, "Hold the item up", 52, &FONT_6X10)?;
         }
-        Screen::Calibrating { step, seconds } => {
-            let (title, first, second) = match step {
-                CalibrationStep::EmptyScene => ("Calibrating", "Step out of view", "of the camera"),
-                CalibrationStep::Card => ("White card", "Hold it up, facing", "the camera"),
-            };
-            centred(target, title, 4, &FONT_10X20)?;
-            centred(target, first, 28, &FONT_6X10)?;
-            centred(target, second, 39, &FONT_6X10)?;
-            let when = match seconds {
-                0 => "capturing".to_string(),
-                s => format!("in {s} s"),
-            };
-            centred(target, &when, 52, &FONT_6X10)?;
-        }
-        Screen::Message { title, detail } => {
-            // Inverted title bar: a message is told apart from results at a glance.
-            Rectangle::new(Point::zero(), Size::new(WIDTH, 19))
-                .into_styled(PrimitiveStyle::with_fill(BinaryColor::On))
-                .draw(target)?;
-            Text::with_baseline(
-                &clip(title, 14),
-                Point::new(1, 0),
-                style(&FONT_9X18_BOLD, BinaryColor::Off),
-                Baseline::Top,
-            )
-            .draw(target)?;
-            for (i, line) in wrap(detail, 21).iter().take(4).enumerate() {
-                Text::with_baseline(
-                    line,
-                    Point::new(1, 22 + i as i32 * 10),
-                    style(&FONT_6X10, BinaryColor::On),
-                    Baseline::Top,
-                )
-                .draw(target)?;
-            }
-        }
+        Screen::Calibrating { step, seconds } => render_calibrating(target, *step, *seconds)?,
+        Screen::Message { title, detail } => render_message(target, title, detail)?,
         Screen::Stopped => {
             centred(target, "Out of", 6, &FONT_10X20)?;
             centred(target, "service", 30, &FONT_10X20)?;
         }
+    }
+    Ok(())
+}
+
+/// Where a list screen's rows go: from `top`, one every `pitch` pixels, each a text on the left
+/// and one right-aligned, each in its font and lowered by its offset.
+struct RowLayout {
+    top: i32,
+    pitch: i32,
+    left: (&'static MonoFont<'static>, i32),
+    right: (&'static MonoFont<'static>, i32),
+}
+
+const RESULT_ROWS: RowLayout = RowLayout {
+    top: 0,
+    pitch: 22,
+    left: (&FONT_10X20, 0),
+    right: (&FONT_6X13, 5),
+};
+const GOES_WITH_ROWS: RowLayout = RowLayout {
+    top: 15,
+    pitch: 16,
+    left: (&FONT_6X10, 2),
+    right: (&FONT_8X13_BOLD, 0),
+};
+const OUTFIT_ROW_LAYOUT: RowLayout = RowLayout {
+    top: 0,
+    pitch: 16,
+    left: (&FONT_6X10, 3),
+    right: (&FONT_8X13_BOLD, 1),
+};
+
+fn draw_rows<D>(
+    target: &mut D,
+    rows: impl Iterator<Item = (String, String)>,
+    layout: RowLayout,
+) -> Result<(), D::Error>
+where
+    D: DrawTarget<Color = BinaryColor>,
+{
+    let right_aligned = TextStyleBuilder::new()
+        .alignment(Alignment::Right)
+        .baseline(Baseline::Top)
+        .build();
+    for (row, (left, right)) in rows.enumerate() {
+        let y = layout.top + row as i32 * layout.pitch;
+        Text::with_baseline(
+            &left,
+            Point::new(0, y + layout.left.1),
+            style(layout.left.0, BinaryColor::On),
+            Baseline::Top,
+        )
+        .draw(target)?;
+        Text::with_text_style(
+            &right,
+            Point::new(WIDTH as i32 - 1, y + layout.right.1),
+            style(layout.right.0, BinaryColor::On),
+            right_aligned,
+        )
+        .draw(target)?;
+    }
+    Ok(())
+}
+
+fn render_calibrating<D>(
+    target: &mut D,
+    step: CalibrationStep,
+    seconds: u32,
+) -> Result<(), D::Error>
+where
+    D: DrawTarget<Color = BinaryColor>,
+{
+    let (title, first, second) = match step {
+        CalibrationStep::EmptyScene => ("Calibrating", "Step out of view", "of the camera"),
+        CalibrationStep::Card => ("White card", "Hold it up, facing", "the camera"),
+    };
+    centred(target, title, 4, &FONT_10X20)?;
+    centred(target, first, 28, &FONT_6X10)?;
+    centred(target, second, 39, &FONT_6X10)?;
+    let when = match seconds {
+        0 => "capturing".to_string(),
+        s => format!("in {s} s"),
+    };
+    centred(target, &when, 52, &FONT_6X10)
+}
+
+/// An inverted title bar over the detail: a message is told apart from results at a glance.
+fn render_message<D>(target: &mut D, title: &str, detail: &str) -> Result<(), D::Error>
+where
+    D: DrawTarget<Color = BinaryColor>,
+{
+    Rectangle::new(Point::zero(), Size::new(WIDTH, 19))
+        .into_styled(PrimitiveStyle::with_fill(BinaryColor::On))
+        .draw(target)?;
+    Text::with_baseline(
+        &clip(title, 14),
+        Point::new(1, 0),
+        style(&FONT_9X18_BOLD, BinaryColor::Off),
+        Baseline::Top,
+    )
+    .draw(target)?;
+    for (i, line) in wrap(detail, 21).iter().take(4).enumerate() {
+        Text::with_baseline(
+            line,
+            Point::new(1, 22 + i as i32 * 10),
+            style(&FONT_6X10, BinaryColor::On),
+            Baseline::Top,
+        )
+        .draw(target)?;
     }
     Ok(())
 }
