@@ -35,8 +35,8 @@ pub struct Pipeline {
     /// Without a calibration: the part of the frame to embed.
     region: Option<[u32; 4]>,
     top: usize,
-    /// The last look-up's best visual match, for "goes with".
-    last_match: Option<usize>,
+    /// The last look-up's best visual match (of each garment, for an outfit), for "goes with".
+    last_matches: Vec<usize>,
 }
 
 impl Pipeline {
@@ -66,7 +66,7 @@ impl Pipeline {
             colour,
             region: config.scene.region,
             top: config.kiosk.top,
-            last_match: None,
+            last_matches: Vec::new(),
         }
     }
 
@@ -84,14 +84,21 @@ impl Pipeline {
             .recommender
             .as_ref()
             .map_or(self.top, |r| r.candidates().max(self.top));
-        self.last_match = None;
+        self.last_matches.clear();
         let mut result = match self.outfit.as_mut() {
             Some(outfit) => {
                 outfit.query(&mut self.session, &self.table, frame, options, candidates)?
             }
             None => query::query_image(&mut self.session, &self.table, frame, options, candidates)?,
         };
-        self.last_match = result.results.first().map(|r| r.index);
+        self.last_matches = match result.results.first() {
+            Some(best) => vec![best.index],
+            None => result
+                .garments
+                .iter()
+                .filter_map(|g| g.results.first().map(|r| r.index))
+                .collect(),
+        };
         for garment in &mut result.garments {
             garment.results.truncate(self.top);
         }
@@ -105,14 +112,15 @@ impl Pipeline {
         Ok(result)
     }
 
-    /// What goes with the last look-up's best match: (id, its subCategory), best first.
+    /// What goes with the last look-up's best match, or completes the outfit its garments
+    /// matched (the categories it lacks): (id, its subCategory), best first.
     pub fn goes_with(&self) -> Vec<(String, String)> {
-        let (Some(recommender), Some(anchor)) = (&self.recommender, self.last_match) else {
+        let Some(recommender) = &self.recommender else {
             return Vec::new();
         };
         let category = self.table.column("subCategory");
         recommender
-            .goes_with(&self.table, anchor, self.top)
+            .completing(&self.table, &self.last_matches, self.top)
             .into_iter()
             .map(|r| {
                 let item = self.table.item(r.index);
@@ -140,7 +148,7 @@ impl Pipeline {
     pub fn set_catalogue(&mut self, table: Arc<Table>, recommender: Option<Recommender>) {
         self.table = table;
         self.recommender = recommender;
-        self.last_match = None;
+        self.last_matches.clear();
     }
 }
 

@@ -92,6 +92,20 @@ struct Candidate {
     relevance: f32,
 }
 
+impl Candidate {
+    /// A candidate from `source` with its visual score; the rest is scored later.
+    fn new(index: usize, source: Source, visual: f32) -> Self {
+        Self {
+            index,
+            source,
+            visual,
+            co_scan: 0.0,
+            popularity: 0.0,
+            relevance: 0.0,
+        }
+    }
+}
+
 impl Recommender {
     /// The rules of `settings` over `table`, with the store's stock and the scan history when
     /// given.
@@ -171,65 +185,10 @@ impl Recommender {
         };
         let mut candidates: Vec<Candidate> = hits
             .iter()
-            .map(|hit| Candidate {
-                index: hit.index,
-                source: Source::Visual,
-                visual: hit.score,
-                co_scan: 0.0,
-                popularity: 0.0,
-                relevance: 0.0,
-            })
+            .map(|hit| Candidate::new(hit.index, Source::Visual, hit.score))
             .collect();
         if let Some(trends) = &self.trends {
-            let mut position: HashMap<usize, usize> = candidates
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.index, i))
-                .collect();
-            for (index, scaled) in trends.co_scans(anchor.index) {
-                match position.get(&index) {
-                    Some(&i) => candidates[i].co_scan = scaled,
-                    None => {
-                        let Some(visual) = Self::visual_score(table, query, index) else {
-                            continue;
-                        };
-                        position.insert(index, candidates.len());
-                        candidates.push(Candidate {
-                            index,
-                            source: Source::CoScan,
-                            visual,
-                            co_scan: scaled,
-                            popularity: 0.0,
-                            relevance: 0.0,
-                        });
-                    }
-                }
-            }
-            let article = Self::value(table, anchor.index, self.columns.article_type);
-            let popular = trends
-                .popular()
-                .iter()
-                .filter(|&&i| Self::value(table, i, self.columns.article_type) == article)
-                .take(top);
-            for &index in popular {
-                if let std::collections::hash_map::Entry::Vacant(slot) = position.entry(index) {
-                    let Some(visual) = Self::visual_score(table, query, index) else {
-                        continue;
-                    };
-                    slot.insert(candidates.len());
-                    candidates.push(Candidate {
-                        index,
-                        source: Source::Popular,
-                        visual,
-                        co_scan: 0.0,
-                        popularity: 0.0,
-                        relevance: 0.0,
-                    });
-                }
-            }
-            for candidate in &mut candidates {
-                candidate.popularity = trends.popularity(candidate.index);
-            }
+            self.add_from_trends(trends, table, query, anchor.index, top, &mut candidates);
         }
         let weight = self.settings.co_scan_weight;
         for c in &mut candidates {
@@ -252,23 +211,105 @@ impl Recommender {
                 selected.push(candidates.remove(i));
             }
         }
-        // Variants: of near-identical items of one articleType, the most relevant stays.
-        let threshold = self.settings.variants;
-        if threshold > 0.0 {
-            let mut kept: Vec<Candidate> = Vec::new();
-            for candidate in candidates {
-                let article = Self::value(table, candidate.index, self.columns.article_type);
-                let variant = selected.iter().chain(&kept).any(|k| {
-                    Self::value(table, k.index, self.columns.article_type) == article
-                        && vectors.similarity(k.index, candidate.index) >= threshold
-                });
-                if !variant {
-                    kept.push(candidate);
+        if self.settings.variants > 0.0 {
+            candidates = self.without_variants(table, candidates, &selected, &mut vectors);
+        }
+        self.select_diverse(candidates, &mut selected, top, &mut vectors);
+        selected
+            .into_iter()
+            .map(|c| Ranked {
+                index: c.index,
+                source: c.source,
+                score: c.relevance,
+                visual: c.visual,
+                co_scan: c.co_scan,
+                popularity: c.popularity,
+            })
+            .collect()
+    }
+
+    /// The anchor's co-scans (scored on the visual ones, added when new) and the popular items
+    /// of its articleType; every candidate's popularity.
+    fn add_from_trends(
+        &self,
+        trends: &Trends,
+        table: &Table,
+        query: &[f32],
+        anchor: usize,
+        top: usize,
+        candidates: &mut Vec<Candidate>,
+    ) {
+        let mut position: HashMap<usize, usize> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.index, i))
+            .collect();
+        for (index, scaled) in trends.co_scans(anchor) {
+            match position.get(&index) {
+                Some(&i) => candidates[i].co_scan = scaled,
+                None => {
+                    let Some(visual) = Self::visual_score(table, query, index) else {
+                        continue;
+                    };
+                    position.insert(index, candidates.len());
+                    candidates.push(Candidate {
+                        co_scan: scaled,
+                        ..Candidate::new(index, Source::CoScan, visual)
+                    });
                 }
             }
-            candidates = kept;
         }
-        // Diversity: maximal marginal relevance.
+        let article = Self::value(table, anchor, self.columns.article_type);
+        let popular = trends
+            .popular()
+            .iter()
+            .filter(|&&i| Self::value(table, i, self.columns.article_type) == article)
+            .take(top);
+        for &index in popular {
+            if let std::collections::hash_map::Entry::Vacant(slot) = position.entry(index) {
+                let Some(visual) = Self::visual_score(table, query, index) else {
+                    continue;
+                };
+                slot.insert(candidates.len());
+                candidates.push(Candidate::new(index, Source::Popular, visual));
+            }
+        }
+        for candidate in candidates.iter_mut() {
+            candidate.popularity = trends.popularity(candidate.index);
+        }
+    }
+
+    /// Of near-identical items of one articleType, the most relevant stays (`candidates` are in
+    /// order of relevance; `selected` are kept already).
+    fn without_variants(
+        &self,
+        table: &Table,
+        candidates: Vec<Candidate>,
+        selected: &[Candidate],
+        vectors: &mut VectorCache,
+    ) -> Vec<Candidate> {
+        let mut kept: Vec<Candidate> = Vec::new();
+        for candidate in candidates {
+            let article = Self::value(table, candidate.index, self.columns.article_type);
+            let variant = selected.iter().chain(&kept).any(|k| {
+                Self::value(table, k.index, self.columns.article_type) == article
+                    && vectors.similarity(k.index, candidate.index) >= self.settings.variants
+            });
+            if !variant {
+                kept.push(candidate);
+            }
+        }
+        kept
+    }
+
+    /// Diversity: adds candidates to `selected` by maximal marginal relevance, up to `top`.
+    fn select_diverse(
+        &self,
+        mut candidates: Vec<Candidate>,
+        selected: &mut Vec<Candidate>,
+        top: usize,
+        vectors: &mut VectorCache,
+    ) {
         let lambda = self.settings.diversity;
         while selected.len() < top && !candidates.is_empty() {
             let mut best = 0;
@@ -290,17 +331,6 @@ impl Recommender {
             }
             selected.push(candidates.remove(best));
         }
-        selected
-            .into_iter()
-            .map(|c| Ranked {
-                index: c.index,
-                source: c.source,
-                score: c.relevance,
-                visual: c.visual,
-                co_scan: c.co_scan,
-                popularity: c.popularity,
-            })
-            .collect()
     }
 
     /// Items that go with `anchor` (complete the look): from the complementary subCategories of
@@ -308,39 +338,63 @@ impl Recommender {
     /// ranked by co-scans with the anchor where there are some, else by colour harmony and
     /// style (usage, season) with the anchor, then popularity.
     pub fn goes_with(&self, table: &Table, anchor: usize, top: usize) -> Vec<Ranked> {
-        let Some(sub) = Self::value(table, anchor, self.columns.sub_category) else {
+        self.completing(table, &[anchor], top)
+    }
+
+    /// Items that complete an outfit whose garments matched `anchors` (best match of each): as
+    /// [`Self::goes_with`] over the categories the anchors' complements name and the outfit does
+    /// not wear (the first complement of each garment, then the second of each, …), each item
+    /// scored against every anchor (co-scans summed, harmony and style averaged).
+    pub fn completing(&self, table: &Table, anchors: &[usize], top: usize) -> Vec<Ranked> {
+        let sub = |i: usize| Self::value(table, i, self.columns.sub_category);
+        let worn: Vec<&str> = anchors.iter().filter_map(|&a| sub(a)).collect();
+        let lists: Vec<&Vec<String>> = worn
+            .iter()
+            .filter_map(|s| self.settings.complements.get(*s))
+            .collect();
+        let mut wanted: Vec<&str> = Vec::new();
+        for rank in 0..lists.iter().map(|l| l.len()).max().unwrap_or(0) {
+            for category in lists.iter().filter_map(|l| l.get(rank)) {
+                if !worn.contains(&category.as_str()) && !wanted.contains(&category.as_str()) {
+                    wanted.push(category);
+                }
+            }
+        }
+        if wanted.is_empty() {
             return Vec::new();
+        }
+        let co_scans: Vec<HashMap<usize, f32>> = match &self.trends {
+            Some(trends) => anchors
+                .iter()
+                .map(|&a| trends.co_scans(a).collect())
+                .collect(),
+            None => Vec::new(),
         };
-        let Some(complements) = self.settings.complements.get(sub) else {
-            return Vec::new();
-        };
-        let co_scans: HashMap<usize, f32> = self
-            .trends
-            .as_ref()
-            .map_or_else(HashMap::new, |trends| trends.co_scans(anchor).collect());
-        let anchor_colour = Self::value(table, anchor, self.columns.colour).unwrap_or("");
-        let same = |i: usize, column: Option<usize>| {
+        let same = |anchor: usize, i: usize, column: Option<usize>| {
             let a = Self::value(table, anchor, column);
             a.is_some() && a == Self::value(table, i, column)
         };
-        // Per complementary category, its items best first.
+        let share = 1.0 / anchors.len() as f32;
+        // Per wanted category, its items best first.
         let mut per_category: BTreeMap<usize, Vec<Ranked>> = BTreeMap::new();
         for index in 0..table.len() {
-            let Some(item_sub) = Self::value(table, index, self.columns.sub_category) else {
+            let Some(rank) = sub(index).and_then(|s| wanted.iter().position(|w| *w == s)) else {
                 continue;
             };
-            let Some(rank) = complements.iter().position(|c| c == item_sub) else {
-                continue;
-            };
-            if !self.allowed(table, anchor, index) {
+            if !anchors.iter().all(|&a| self.allowed(table, a, index)) {
                 continue;
             }
             let colour = Self::value(table, index, self.columns.colour).unwrap_or("");
             let popularity = self.trends.as_ref().map_or(0.0, |t| t.popularity(index));
-            let co_scan = co_scans.get(&index).copied().unwrap_or(0.0);
-            let style = 0.2 * f32::from(same(index, self.columns.usage))
-                + 0.1 * f32::from(same(index, self.columns.season));
-            let harmony = colour_harmony(anchor_colour, colour);
+            let co_scan: f32 = co_scans.iter().filter_map(|c| c.get(&index)).sum();
+            let (mut harmony, mut style) = (0.0, 0.0);
+            for &anchor in anchors {
+                let anchor_colour = Self::value(table, anchor, self.columns.colour).unwrap_or("");
+                harmony += share * colour_harmony(anchor_colour, colour);
+                style += share
+                    * (0.2 * f32::from(same(anchor, index, self.columns.usage))
+                        + 0.1 * f32::from(same(anchor, index, self.columns.season)));
+            }
             let score = co_scan * 2.0 + harmony + style + 0.1 * popularity;
             per_category.entry(rank).or_default().push(Ranked {
                 index,
@@ -679,5 +733,22 @@ mod tests {
         );
         assert_eq!(colour_harmony("Blue", "Black"), 1.0);
         assert_eq!(colour_harmony("Blue", "Red"), 0.3);
+    }
+
+    #[test]
+    fn an_outfit_is_completed_by_the_categories_it_does_not_wear() {
+        let (_dir, t) = shop();
+        let r = Recommender::new(RecommendConfig::default(), &t, None, None);
+        // A shirt with jeans: no more tops or bottoms, shoes (the watches and belts they would
+        // take next are not in this shop).
+        assert_eq!(ids(&t, &r.completing(&t, &[0, 5], 3)), ["shoes"]);
+        // One garment is completed as one held-up item goes with others.
+        assert_eq!(
+            ids(&t, &r.completing(&t, &[0], 3)),
+            ids(&t, &r.goes_with(&t, 0, 3))
+        );
+        // A women's top with men's jeans: nothing fits both.
+        assert!(r.completing(&t, &[2, 5], 3).is_empty());
+        assert!(r.completing(&t, &[], 3).is_empty());
     }
 }

@@ -267,16 +267,19 @@ impl Core {
         match event {
             Event::Press(at) => self.press(at, now, &mut effects),
             Event::Scanned(outcome) => self.scanned(outcome, now, &mut effects),
-            Event::CameraProbed(Ok(camera)) => {
-                if self.camera.works() {
-                    tracing::info!("camera back: {camera}");
+            Event::CameraProbed(probe) => self.camera_probed(probe, now),
+            Event::DisplayFailed(message) => {
+                if self.display.fault.is_none() {
+                    tracing::warn!("display failed, running on without it and retrying: {message}");
+                } else {
+                    tracing::debug!("display still failing: {message}");
                 }
+                self.display.failed(message, now);
             }
-            Event::CameraProbed(Err(message)) => {
-                if self.camera.fault.as_ref() != Some(&message) {
-                    tracing::warn!("camera offline: {message}");
+            Event::DisplayBack(name) => {
+                if self.display.works() {
+                    tracing::info!("display {name} works again");
                 }
-                self.camera.failed(message, now);
             }
             Event::ReloadRequested => {
                 effects.push(Effect::Notify(Notice::Status(
@@ -284,39 +287,8 @@ impl Core {
                 )));
                 effects.push(Effect::ReloadTable);
             }
-            Event::Reloaded(result) => {
-                match result {
-                    Ok(items) => {
-                        self.items = items;
-                        self.notice = None;
-                    }
-                    Err(message) => {
-                        self.notice = Some((
-                            Screen::Message {
-                                title: "Reload failed".into(),
-                                detail: message,
-                            },
-                            now + self.settings.results_for,
-                        ))
-                    }
-                }
-                effects.push(Effect::Notify(Notice::Status(format!(
-                    "ready: {} items",
-                    self.items
-                ))));
-            }
-            Event::CalibrateRequested if self.calibrating.is_some() => {
-                tracing::info!("calibration requested while calibrating: ignored");
-            }
-            Event::CalibrateRequested => {
-                tracing::info!(
-                    "calibration requested: capturing the empty scene in {} s",
-                    STEP_AWAY.as_secs()
-                );
-                self.calibrating = Some(Calibrating::StepAway {
-                    until: now + STEP_AWAY,
-                });
-            }
+            Event::Reloaded(result) => self.reloaded(result, now, &mut effects),
+            Event::CalibrateRequested => self.calibrate_requested(now),
             Event::EmptySceneTaken(Ok(())) => {
                 tracing::info!(
                     "empty scene taken: hold the white card up within {} s",
@@ -327,61 +299,10 @@ impl Core {
                 });
             }
             Event::EmptySceneTaken(Err(reason)) | Event::Calibrated(Err(reason)) => {
-                self.calibrating = None;
-                tracing::error!("calibration failed, the previous one is kept: {reason}");
-                self.notice(
-                    Screen::Message {
-                        title: "Calibration".into(),
-                        detail: format!("failed: {reason}"),
-                    },
-                    now,
-                );
+                self.calibration_failed(reason, now)
             }
-            Event::Calibrated(Ok(calibrated)) => {
-                self.calibrating = None;
-                tracing::info!("calibrated: {}", calibrated.summary);
-                let detail = if calibrated.with_card {
-                    "The empty scene and the light are saved"
-                } else {
-                    "The empty scene is saved"
-                };
-                self.notice(
-                    Screen::Message {
-                        title: "Calibrated".into(),
-                        detail: detail.into(),
-                    },
-                    now,
-                );
-            }
-            Event::DisplayFailed(message) => {
-                if self.display.fault.is_none() {
-                    tracing::warn!("display failed, running on without it and retrying: {message}");
-                } else {
-                    tracing::debug!("display still failing: {message}");
-                }
-                self.display.failed(message, now);
-            }
-            Event::WentWith(items) => {
-                // Only while the results it answers are still on screen.
-                if self.asked_goes_with && matches!(self.state, State::Showing { .. }) {
-                    self.outcome = Some(if items.is_empty() {
-                        Screen::Message {
-                            title: "Goes with".into(),
-                            detail: "Nothing to pair with this item yet".into(),
-                        }
-                    } else {
-                        Screen::GoesWith { items }
-                    });
-                    self.state = State::Showing {
-                        until: now + self.settings.results_for,
-                    };
-                }
-            }
-            Event::DisplayBack(name) => {
-                if self.display.works() {
-                    tracing::info!("display {name} works again");
-                }
-            }
+            Event::Calibrated(Ok(calibrated)) => self.calibrated(calibrated, now),
+            Event::WentWith(items) => self.went_with(items, now),
             Event::TriggerEnded => {
                 tracing::info!("trigger input ended");
                 self.stop_when_idle = true;
@@ -393,6 +314,106 @@ impl Core {
             }
         }
         effects
+    }
+
+    fn camera_probed(&mut self, probe: Result<String, String>, now: Instant) {
+        match probe {
+            Ok(camera) => {
+                if self.camera.works() {
+                    tracing::info!("camera back: {camera}");
+                }
+            }
+            Err(message) => {
+                if self.camera.fault.as_ref() != Some(&message) {
+                    tracing::warn!("camera offline: {message}");
+                }
+                self.camera.failed(message, now);
+            }
+        }
+    }
+
+    /// A reload's outcome: the new item count, or the reason shown while the old table stays.
+    fn reloaded(&mut self, result: Result<usize, String>, now: Instant, effects: &mut Vec<Effect>) {
+        match result {
+            Ok(items) => {
+                self.items = items;
+                self.notice = None;
+            }
+            Err(message) => {
+                self.notice = Some((
+                    Screen::Message {
+                        title: "Reload failed".into(),
+                        detail: message,
+                    },
+                    now + self.settings.results_for,
+                ))
+            }
+        }
+        effects.push(Effect::Notify(Notice::Status(format!(
+            "ready: {} items",
+            self.items
+        ))));
+    }
+
+    fn calibrate_requested(&mut self, now: Instant) {
+        if self.calibrating.is_some() {
+            tracing::info!("calibration requested while calibrating: ignored");
+            return;
+        }
+        tracing::info!(
+            "calibration requested: capturing the empty scene in {} s",
+            STEP_AWAY.as_secs()
+        );
+        self.calibrating = Some(Calibrating::StepAway {
+            until: now + STEP_AWAY,
+        });
+    }
+
+    fn calibration_failed(&mut self, reason: String, now: Instant) {
+        self.calibrating = None;
+        tracing::error!("calibration failed, the previous one is kept: {reason}");
+        self.notice(
+            Screen::Message {
+                title: "Calibration".into(),
+                detail: format!("failed: {reason}"),
+            },
+            now,
+        );
+    }
+
+    fn calibrated(&mut self, calibrated: Calibrated, now: Instant) {
+        self.calibrating = None;
+        tracing::info!("calibrated: {}", calibrated.summary);
+        let detail = if calibrated.with_card {
+            "The empty scene and the light are saved"
+        } else {
+            "The empty scene is saved"
+        };
+        self.notice(
+            Screen::Message {
+                title: "Calibrated".into(),
+                detail: detail.into(),
+            },
+            now,
+        );
+    }
+
+    /// What goes with the shown item, shown only while the results it answers are on screen.
+    fn went_with(&mut self, items: Vec<(String, String)>, now: Instant) {
+        if !(self.asked_goes_with && matches!(self.state, State::Showing { .. })) {
+            return;
+        }
+        self.outcome = Some(if items.is_empty() {
+            Screen::Message {
+                title: "Goes with".into(),
+                detail: "Nothing to pair with this item yet".into(),
+            }
+        } else {
+            Screen::GoesWith { items }
+        });
+        self.state = State::Showing {
+            until: now + self.settings.results_for,
+        };
     }
 
     /// Does what is due by `now`: results expire, countdowns end, retries and pings fall due, a
@@ -542,7 +563,10 @@ impl Core {
             return;
         }
         self.last_press = Some(at);
-        let results_shown = matches!(self.outcome, Some(Screen::Results { .. }));
+        let results_shown = matches!(
+            self.outcome,
+            Some(Screen::Results { .. } | Screen::Outfit { .. })
+        );
         match self.state {
             State::Scanning { .. } => {
                 self.queued.get_or_insert(at);
@@ -670,7 +694,7 @@ mod tests {
     }
 
     #[test]
-    fn an_outfit_is_shown_garment_by_garment_and_a_second_press_scans_again() {
+    fn an_outfit_is_shown_garment_by_garment_and_a_second_press_shows_what_completes_it() {
         let t0 = Instant::now();
         let mut core = ready(
             Settings {
@@ -693,7 +717,27 @@ mod tests {
         );
         assert!(matches!(effects[0], Effect::LogScan { scan: 1, .. }));
         assert_eq!(core.screen(t0 + ms(900)), Screen::Outfit { garments });
-        // "Goes with" answers one item's results; on an outfit a press scans again.
+        // As after one item: a second press asks what goes with it (what the outfit lacks)...
+        let t1 = t0 + ms(3000);
+        assert_eq!(core.on(Event::Press(t1), t1), [Effect::GoesWith]);
+        let items = vec![("30001".to_string(), "Watches".to_string())];
+        core.on(Event::WentWith(items.clone()), t1 + ms(5));
+        assert_eq!(core.screen(t1 + ms(5)), Screen::GoesWith { items });
+        // ...and a third scans again.
+        let t2 = t1 + ms(1000);
+        assert_eq!(
+            core.on(Event::Press(t2), t2),
+            [Effect::Scan { pressed: t2 }]
+        );
+    }
+
+    #[test]
+    fn without_goes_with_a_second_press_on_an_outfit_scans_again() {
+        let t0 = Instant::now();
+        let mut core = ready(settings(), t0);
+        core.on(Event::Press(t0), t0);
+        let garments = vec![("Top".to_string(), vec!["15970".to_string()])];
+        core.on(Event::Scanned(Outcome::Outfit(garments)), t0 + ms(900));
         let t1 = t0 + ms(3000);
         assert_eq!(
             core.on(Event::Press(t1), t1),
