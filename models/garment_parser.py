@@ -1080,6 +1080,13 @@ def cmd_quantise(args) -> None:
                 per_channel=False, calibrate_method=CalibrationMethod.MinMax)
     if args.conv_only:
         spec["op_types_to_quantize"] = ["Conv"]
+    if args.variant:
+        spec = {k: v for k, v in bm.VARIANTS[args.variant].items() if k != "rewrite_ms_ops"}
+        spec["quant_format"] = getattr(QuantFormat, spec["quant_format"])
+        spec["activation_type"] = getattr(QuantType, spec["activation_type"])
+        spec["weight_type"] = getattr(QuantType, spec["weight_type"])
+        spec["calibrate_method"] = CalibrationMethod.MinMax
+        args.conv_only = "op_types_to_quantize" in spec
     start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
@@ -1088,10 +1095,12 @@ def cmd_quantise(args) -> None:
     if not args.conv_only:
         bm.rewrite_microsoft_ops(out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) in {time.time() - start:.0f} s; "
-          f"{len(calibration)} training photos, {'Conv only' if args.conv_only else 'all ops'}, QOperator u8/s8 per-tensor")
+          f"{len(calibration)} training photos, {'Conv only' if args.conv_only else 'all ops'}, "
+          f"{args.variant or 'QOperator u8/s8 per-tensor'}")
     masks = data.full_masks(data.val_idx)
     report = {"model": str(out), "fp32": str(fp32), "calibration_photos": len(calibration),
-              "conv_only": args.conv_only, "format": "QOperator, activations u8, weights s8, per-tensor, MinMax"}
+              "conv_only": args.conv_only,
+              "format": args.variant or "QOperator, activations u8, weights s8, per-tensor, MinMax"}
     for what, path in (("fp32", fp32), ("int8", out)):
         run = onnx_scores(path, args.threads)
         conf = evaluate_scores(lambda chunk: run(normalise(np.asarray(data.inputs[chunk]))), data, data.val_idx, masks)
@@ -1240,6 +1249,8 @@ def main() -> None:
     quant.add_argument("--out", default=str(WORK / "garment-parser-int8.onnx"))
     quant.add_argument("--calibration", type=int, default=64, help="training photos to calibrate on")
     quant.add_argument("--conv-only", action="store_true", help="quantise Conv only (Add, Resize, Clip stay fp32)")
+    quant.add_argument("--variant", choices=sorted(bm.VARIANTS), help="one of the embedder's int8 forms "
+                       "(build_models.VARIANTS; Conv only) instead of the u8/s8 per-tensor default")
     quant.set_defaults(func=cmd_quantise)
 
     fixtures = sub.add_parser("fixtures", help="onnxruntime references for the Rust parity test")
