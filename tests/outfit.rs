@@ -1,8 +1,8 @@
 //! Outfits: the garment parser in tract against onnxruntime's references, `query --outfit` on the
 //! demo's street photo and a held-up item, a parser from another build refused in one line, and
 //! the kiosk scanning a person garment by garment (scan log and screen) or, without its parser,
-//! falling back to the whole frame. The embedder is the tiny stand-in model; the parser is the
-//! bundled one.
+//! falling back to the whole frame, and "goes with" completing an outfit. The embedder is the tiny
+//! stand-in model; the parser is the bundled one.
 
 mod common;
 
@@ -368,4 +368,66 @@ fn the_kiosk_shows_and_logs_a_persons_garments_and_without_its_parser_scans_whol
     assert_ne!(record["region"], "outfit");
     assert!(record.get("garments").is_none(), "{record}");
     assert_eq!(record["results"].as_array().unwrap().len(), 5);
+}
+
+/// "Goes with" on an outfit: the pipeline a scan uses offers what completes it, never more of a
+/// category the outfit's garments matched.
+#[test]
+fn goes_with_on_an_outfit_offers_only_categories_the_outfit_does_not_wear() {
+    use kiosk_pipeline::config::{Config, Overrides};
+    use kiosk_pipeline::pipeline::{Pipeline, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let table_path = demo_table(dir.path());
+    let config_path = dir.path().join("kiosk.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[model]
+manifest = "{}"
+[catalogue]
+table = "{}"
+[camera]
+kind = "folder"
+path = "photos"
+[trigger]
+kind = "stdin"
+[display]
+kind = "simulated"
+screens = "screens"
+[outfit]
+max_garments = 4
+[recommend]
+gender = false
+"#,
+            repo(TINY).display(),
+            table_path.display()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&config_path, &Overrides::default()).unwrap();
+    let embedder = kiosk_vision::model::Embedder::load(&repo(TINY)).unwrap();
+    let table = embedder.load_table(&table_path).unwrap();
+    let session = embedder.session().unwrap();
+    let mut pipeline = Pipeline::assemble(&config, session, table, &mut Store::default());
+    assert!(pipeline.goes_with().is_empty(), "nothing looked up yet");
+
+    let result = pipeline
+        .look_up(&decode_file(&repo(PERSON)).unwrap())
+        .unwrap();
+    assert!(result.garments.len() >= 2, "{:?}", result.note);
+    let worn: Vec<&str> = result
+        .garments
+        .iter()
+        .map(|g| g.results[0].metadata["subCategory"].as_str().unwrap())
+        .collect();
+    let offered = pipeline.goes_with();
+    assert!(!offered.is_empty(), "nothing completes {worn:?}");
+    for (id, category) in &offered {
+        assert!(
+            !worn.contains(&category.as_str()),
+            "{id} ({category}) is of a category the outfit wears: {worn:?}"
+        );
+    }
 }
