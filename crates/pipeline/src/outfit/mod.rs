@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::OutfitConfig;
 use crate::query::{self, ms, FoundBy, Options, QueryResult, Recommendation};
-use kiosk_table::catalogue::Table;
+use kiosk_table::catalogue::{Hit, Table};
 use kiosk_vision::colour;
 use kiosk_vision::foreground::four_neighbours;
 use kiosk_vision::model::Session;
@@ -455,13 +455,7 @@ pub fn query_parsed(
         result.latency_ms.total = ms(start, Instant::now());
         return Ok(result);
     }
-    let category = table.column(&settings.category_column).with_context(|| {
-        format!(
-            "table {} has no column {:?} (outfit.category_column)",
-            table.path().display(),
-            settings.category_column
-        )
-    })?;
+    let category = category_column(table, settings)?;
     let colour_column = table.column(&settings.colour_column);
     let applied = options.colour.gains_for(frame, [1.0; 3]);
     let mut latency = query::Latency {
@@ -472,28 +466,19 @@ pub fn query_parsed(
     for found in &person.garments {
         let class = &classes[found.class as usize];
         let garment = &settings.garments[class];
-        let (mut image, mut rgb) = cut_out(frame, map, &person, found);
-        if applied.source != colour::Source::None {
-            colour::correct(&mut image, applied.gains);
-            // Per-channel gains keep each channel's order: the median moves with them.
-            rgb = colour::gained(rgb, applied.gains);
-        }
+        let (image, rgb) = corrected_cut_out(frame, map, &person, found, &applied);
         let colour = palette::name_of(rgb);
         let (vector, times) = query::embed(session, table.dim(), &image, Region::Whole, options)?;
         latency.preprocess += times.preprocess;
         latency.embed += times.embed;
         let searched = Instant::now();
-        let items = table.items();
+        let among = Categories {
+            column: category,
+            names: &garment.categories,
+        };
+        let colour_first = (colour_column.filter(|_| settings.colour_first)).map(|c| (c, colour));
         let wanted = settings.candidates.max(top);
-        let mut hits = table.nearest_where(&vector, wanted, |i| {
-            let value = items.get(i).metadata(category).unwrap_or_default();
-            garment.categories.iter().any(|c| c == value)
-        })?;
-        if let (true, Some(column)) = (settings.colour_first, colour_column) {
-            // Stable: visual order within each group.
-            hits.sort_by_key(|h| items.get(h.index).metadata(column) != Some(colour));
-        }
-        hits.truncate(top);
+        let hits = search_garment(table, &vector, among, colour_first, wanted, top)?;
         latency.search += ms(searched, Instant::now());
         let (x, y) = map.origin;
         let (bx, by, bw, bh) = found.bbox;
@@ -518,6 +503,64 @@ pub fn query_parsed(
         latency_ms: latency,
         vector: Vec::new(),
     })
+}
+
+/// The catalogue column a garment's categories are in (`outfit.category_column`).
+fn category_column(table: &Table, settings: &OutfitConfig) -> Result<usize> {
+    table.column(&settings.category_column).with_context(|| {
+        format!(
+            "table {} has no column {:?} (outfit.category_column)",
+            table.path().display(),
+            settings.category_column
+        )
+    })
+}
+
+/// The garment cut out on white and its median colour, both corrected as `applied` says.
+fn corrected_cut_out(
+    frame: &RgbImage,
+    map: &LabelMap,
+    person: &Person,
+    found: &Found,
+    applied: &colour::Applied,
+) -> (RgbImage, [u8; 3]) {
+    let (mut image, mut rgb) = cut_out(frame, map, person, found);
+    if applied.source != colour::Source::None {
+        colour::correct(&mut image, applied.gains);
+        // Per-channel gains keep each channel's order: the median moves with them.
+        rgb = colour::gained(rgb, applied.gains);
+    }
+    (image, rgb)
+}
+
+/// A metadata column and the values of it a garment's items may have.
+#[derive(Clone, Copy)]
+struct Categories<'a> {
+    column: usize,
+    names: &'a [String],
+}
+
+/// The `wanted` nearest items to `vector` among `among`, the first `top` kept; with
+/// `colour_first` (a column and the garment's colour name), items of that colour first, each group
+/// in visual order.
+fn search_garment(
+    table: &Table,
+    vector: &[f32],
+    among: Categories,
+    colour_first: Option<(usize, &str)>,
+    wanted: usize,
+    top: usize,
+) -> Result<Vec<Hit>> {
+    let items = table.items();
+    let mut hits = table.nearest_where(vector, wanted, |i| {
+        let value = items.get(i).metadata(among.column).unwrap_or_default();
+        among.names.iter().any(|c| c == value)
+    })?;
+    if let Some((column, colour)) = colour_first {
+        hits.sort_by_key(|h| items.get(h.index).metadata(column) != Some(colour));
+    }
+    hits.truncate(top);
+    Ok(hits)
 }
 
 #[cfg(test)]
