@@ -136,6 +136,9 @@ python3 - "$rules" "$dashboard" "$work/metrics/fashion-kiosk.prom" \
     "http://127.0.0.1:$node_port/metrics" <<'NAMES' ||
 import json, re, sys, urllib.request
 
+sys.path.insert(0, "tests/monitoring")
+from dashboard import panels  # noqa: E402
+
 rules_path, dashboard_path, kiosk_file, node_url = sys.argv[1:]
 SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? \S+$')
 LABEL = re.compile(r'([a-zA-Z_]\w*)\s*(=~|!=|!~|=)\s*"((?:[^"\\]|\\.)*)"')
@@ -157,12 +160,6 @@ node = exported(urllib.request.urlopen(node_url, timeout=10).read().decode())
 uses = [("rules", "\n".join(l for l in open(rules_path).read().splitlines()
                             if not l.lstrip().startswith("#")))]
 dashboard = json.load(open(dashboard_path))
-
-
-def panels(items):
-    for panel in items:
-        yield panel
-        yield from panels(panel.get("panels", []))
 
 
 for panel in panels(dashboard["panels"]):
@@ -231,6 +228,9 @@ rule_count=$(grep -cE '^ *- (alert|record):' "$rules")
 python3 - "http://127.0.0.1:$prom_port" "$dashboard" "$work/camera" "$work/trigger.sock" \
     "$rule_count" "$node_pid" <<'E2E' ||
 import json, os, socket, sys, time, urllib.parse, urllib.request
+
+sys.path.insert(0, "tests/monitoring")
+from dashboard import panels  # noqa: E402
 
 api, dashboard_path, camera, trigger, rule_count, node_pid = sys.argv[1:]
 
@@ -338,12 +338,6 @@ for variable in dashboard["templating"]["list"]:
     want = "fashion-kiosk" if label == "job" else instance
     assert want in values, f"variable {variable['name']}: {values}"
 empty, total = [], 0
-
-
-def panels(items):
-    for panel in items:
-        yield panel
-        yield from panels(panel.get("panels", []))
 
 
 for panel in panels(dashboard["panels"]):
