@@ -227,15 +227,12 @@ fn a_parser_that_does_not_match_its_manifest_is_refused_in_one_line() {
     );
 }
 
-/// Runs a kiosk on a camera that sees the demo's street photo, with `outfit` as its `[outfit]`
-/// section; presses once and returns the scan's log record, the last screen and the kiosk's
-/// stderr.
-fn scan_once(work: &Path, table: &Path, outfit: &str) -> (serde_json::Value, Canvas, String) {
-    let camera = work.join("camera");
-    std::fs::create_dir_all(&camera).unwrap();
-    std::fs::copy(repo(PERSON), camera.join("frame-0.jpg")).unwrap();
+/// A kiosk config in `work` (`kiosk.toml`): the tiny model, `table`, a folder camera at
+/// `work/camera`, simulated display, scan log, and `extra` sections.
+fn write_config(work: &Path, table: &Path, extra: &str) -> std::path::PathBuf {
+    let path = work.join("kiosk.toml");
     std::fs::write(
-        work.join("kiosk.toml"),
+        &path,
         format!(
             r#"
 [model]
@@ -256,17 +253,28 @@ results_secs = 60
 scan_timeout_secs = 600
 [scan_log]
 path = "scans.jsonl"
-{outfit}
+{extra}
 "#,
             repo(TINY).display(),
             table.display(),
         ),
     )
     .unwrap();
+    path
+}
+
+/// Runs a kiosk on a camera that sees the demo's street photo, with `outfit` as its `[outfit]`
+/// section; presses once and returns the scan's log record, the last screen and the kiosk's
+/// stderr.
+fn scan_once(work: &Path, table: &Path, outfit: &str) -> (serde_json::Value, Canvas, String) {
+    let camera = work.join("camera");
+    std::fs::create_dir_all(&camera).unwrap();
+    std::fs::copy(repo(PERSON), camera.join("frame-0.jpg")).unwrap();
+    let config = write_config(work, table, outfit);
     let stderr_path = work.join("kiosk.log");
     let mut kiosk = fashion_kiosk()
         .args(["run", "--config"])
-        .arg(work.join("kiosk.toml"))
+        .arg(&config)
         .env("FASHION_KIOSK_LOG", "info")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -379,33 +387,11 @@ fn goes_with_on_an_outfit_offers_only_categories_the_outfit_does_not_wear() {
 
     let dir = tempfile::tempdir().unwrap();
     let table_path = demo_table(dir.path());
-    let config_path = dir.path().join("kiosk.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-[model]
-manifest = "{}"
-[catalogue]
-table = "{}"
-[camera]
-kind = "folder"
-path = "photos"
-[trigger]
-kind = "stdin"
-[display]
-kind = "simulated"
-screens = "screens"
-[outfit]
-max_garments = 4
-[recommend]
-gender = false
-"#,
-            repo(TINY).display(),
-            table_path.display()
-        ),
-    )
-    .unwrap();
+    let config_path = write_config(
+        dir.path(),
+        &table_path,
+        "[outfit]\nmax_garments = 4\n[recommend]\ngender = false\n",
+    );
     let config = Config::load(&config_path, &Overrides::default()).unwrap();
     let embedder = kiosk_vision::model::Embedder::load(&repo(TINY)).unwrap();
     let table = embedder.load_table(&table_path).unwrap();
